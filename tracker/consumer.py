@@ -1,0 +1,294 @@
+"""The tracker's Redis side: XREADGROUP in batches, project, XACK after commit.
+
+On start it re-reads its own pending entries (a crash left them unacknowledged),
+and from then on it also claims entries left pending by dead consumers
+(XAUTOCLAIM). Entries that cannot be decoded, or that keep failing, go to the
+dead-letter stream and table with the reason; the tracker carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from . import events as ev
+from . import store
+from .projector import BatchResult, project_batch
+from .settings import Settings
+
+log = logging.getLogger("tracker")
+
+GROUP = "tracker"
+_DEAD_STREAM_MAXLEN = 100_000
+_TRIM_EVERY_S = 10.0
+
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+class Decoded(NamedTuple):
+    entry_id: bytes
+    raw: bytes
+    event: ev.AnyEvent
+
+
+OnCommit = Callable[[BatchResult], Awaitable[None]]
+
+# Errors that mean "Postgres is unreachable", not "this event is bad": retry, never dead-letter.
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+@dataclass
+class Counters:
+    applied: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    batches: int = 0
+    lag: int | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Consumer:
+    """One tracker process's consumer in group `tracker`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        pool: asyncpg.Pool,
+        on_commit: OnCommit | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.pool = pool
+        self.on_commit = on_commit
+        self.stream = settings.events_stream
+        self.name = settings.consumer
+        self.counters = Counters()
+        self._own_pending_done = False
+        self._last_claim = 0.0
+        self._last_trim = 0.0
+
+    async def setup(self) -> None:
+        """Create the consumer group (and the stream) if they do not exist."""
+        try:
+            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run_once(self, block_ms: int | None = None) -> int:
+        """Handle one batch: own pending first, then claimed, then new entries.
+
+        Returns the number of stream entries handled (0 when there was nothing).
+        """
+        entries = await self._next_entries(block_ms)
+        if entries:
+            await self.handle(entries)
+        await self._maybe_trim()
+        return len(entries)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; the batch in hand is finished first."""
+        await self.setup()
+        backoff = 0.1
+        last_log = time.monotonic()
+        while not stop.is_set():
+            try:
+                await self.run_once()
+                backoff = 0.1
+            except _CONNECTION_ERRORS + (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                log.warning("tracker: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+            if time.monotonic() - last_log >= self.settings.log_every:
+                await self._log_progress(time.monotonic() - last_log)
+                last_log = time.monotonic()
+
+    # --- reading --------------------------------------------------------------
+
+    async def _next_entries(self, block_ms: int | None) -> list[Entry]:
+        count = self.settings.batch_size
+        if not self._own_pending_done:
+            entries = await self._read("0", count, None)
+            if entries:
+                return await self._drop_overdelivered(entries)
+            self._own_pending_done = True
+        if time.monotonic() - self._last_claim >= self.settings.claim_idle_ms / 2000:
+            self._last_claim = time.monotonic()
+            claimed = await self._claim(count)
+            if claimed:
+                return await self._drop_overdelivered(claimed)
+        block = self.settings.block_ms if block_ms is None else block_ms
+        return await self._read(">", count, block or None)
+
+    async def _read(self, start: str, count: int, block: int | None) -> list[Entry]:
+        reply = await self.redis.xreadgroup(GROUP, self.name, {self.stream: start}, count=count, block=block)
+        return list(reply[0][1]) if reply else []
+
+    async def _claim(self, count: int) -> list[Entry]:
+        reply = await self.redis.xautoclaim(
+            self.stream, GROUP, self.name, min_idle_time=self.settings.claim_idle_ms, start_id="0-0", count=count
+        )
+        claimed = list(reply[1])
+        if claimed:
+            log.info("tracker: claimed %d entries left pending by another consumer", len(claimed))
+        return claimed
+
+    async def _drop_overdelivered(self, entries: list[Entry]) -> list[Entry]:
+        """Dead-letter entries delivered more than max_deliveries times (they keep failing)."""
+        ids = [entry_id for entry_id, _ in entries]
+        info = await self.redis.xpending_range(self.stream, GROUP, min=ids[0], max=ids[-1], count=len(ids) * 2)
+        deliveries = {i["message_id"]: i["times_delivered"] for i in info}
+        keep: list[Entry] = []
+        for entry_id, fields in entries:
+            times = deliveries.get(entry_id, 1)
+            if fields is not None and times > self.settings.max_deliveries:
+                raw = fields.get(ev.EVENT_FIELD.encode())
+                await self._dead_letter(entry_id, f"delivered {times} times without being applied", raw)
+                await self.redis.xack(self.stream, GROUP, entry_id)
+            else:
+                keep.append((entry_id, fields))
+        return keep
+
+    # --- handling -------------------------------------------------------------
+
+    async def handle(self, entries: list[Entry]) -> BatchResult:
+        """Decode, project and acknowledge a list of stream entries."""
+        valid: list[Decoded] = []
+        for entry_id, fields in entries:
+            if fields is None:
+                continue  # the entry was trimmed away while pending; nothing left to apply
+            raw = fields.get(ev.EVENT_FIELD.encode())
+            event, reason = self._decode(raw)
+            if event is None:
+                await self._dead_letter(entry_id, reason, raw)
+            else:
+                valid.append(Decoded(entry_id, raw, event))
+        result = await self._project(valid) if valid else BatchResult()
+        await self.redis.xack(self.stream, GROUP, *[entry_id for entry_id, _ in entries])
+        self.counters.batches += 1
+        if self.on_commit and result.applied:
+            await self.on_commit(result)
+        return result
+
+    def _decode(self, raw: bytes | None) -> tuple[ev.AnyEvent | None, str]:
+        if raw is None:
+            return None, f"entry has no '{ev.EVENT_FIELD}' field"
+        if len(raw) > self.settings.max_event_bytes:
+            return None, f"event is {len(raw)} bytes, over the limit of {self.settings.max_event_bytes}"
+        try:
+            return ev.decode_event(raw), ""
+        except msgspec.DecodeError as exc:
+            return None, f"not valid JSON: {exc}"
+        except msgspec.ValidationError as exc:
+            return None, f"invalid event: {exc}"
+
+    async def _project(self, valid: list[Decoded]) -> BatchResult:
+        try:
+            async with self.pool.acquire() as conn:
+                result = await project_batch(conn, [d.event for d in valid])
+        except _CONNECTION_ERRORS:
+            raise
+        except asyncpg.PostgresError as exc:
+            log.warning("tracker: batch of %d failed (%s); applying one by one", len(valid), type(exc).__name__)
+            result = await self._project_one_by_one(valid)
+        self.counters.applied += result.applied
+        self.counters.duplicates += result.duplicates
+        return result
+
+    async def _project_one_by_one(self, valid: list[Decoded]) -> BatchResult:
+        """Isolate the events Postgres rejects; dead-letter them, apply the rest."""
+        merged = BatchResult()
+        for item in valid:
+            try:
+                async with self.pool.acquire() as conn:
+                    one = await project_batch(conn, [item.event])
+            except _CONNECTION_ERRORS:
+                raise
+            except asyncpg.PostgresError as exc:
+                await self._dead_letter(item.entry_id, f"rejected by the database ({type(exc).__name__})", item.raw)
+                continue
+            merged.received += one.received
+            merged.applied += one.applied
+            merged.jobs += one.jobs
+            merged.stages += one.stages
+            merged.genres += one.genres
+        return merged
+
+    async def _dead_letter(self, entry_id: bytes, reason: str, raw: bytes | None) -> None:
+        stream_id = entry_id.decode()
+        payload = raw.decode("utf-8", "replace")[:4096] if raw is not None else None
+        async with self.pool.acquire() as conn:
+            await conn.execute(store.INSERT_DEAD_LETTER, stream_id, reason, payload)
+        await self.redis.xadd(
+            self.settings.dead_stream,
+            {"id": stream_id, "reason": reason, ev.EVENT_FIELD: raw if raw is not None else b""},
+            maxlen=_DEAD_STREAM_MAXLEN,
+            approximate=True,
+        )
+        self.counters.dead += 1
+        log.warning("tracker: dead-lettered entry %s: %s", stream_id, reason)
+
+    # --- housekeeping -----------------------------------------------------------
+
+    async def _maybe_trim(self) -> None:
+        """Trim entries every consumer has acknowledged: the events stream stays small
+        without ever dropping an entry that was not projected."""
+        if time.monotonic() - self._last_trim < _TRIM_EVERY_S:
+            return
+        self._last_trim = time.monotonic()
+        min_id = await self._oldest_unacknowledged()
+        if min_id is not None:
+            await self.redis.xtrim(self.stream, minid=min_id, approximate=True)
+
+    async def _oldest_unacknowledged(self) -> bytes | None:
+        groups = await self.redis.xinfo_groups(self.stream)
+        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+        if group is None:
+            return None
+        summary = await self.redis.xpending(self.stream, GROUP)
+        if summary["pending"]:
+            return summary["min"] if isinstance(summary["min"], bytes) else str(summary["min"]).encode()
+        last = _text(group["last-delivered-id"])
+        ms, _, seq = last.partition("-")
+        return f"{ms}-{int(seq or 0) + 1}".encode()
+
+    async def _log_progress(self, elapsed: float) -> None:
+        c = self.counters
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+            c.lag = next((g.get("lag") for g in groups if _text(g["name"]) == GROUP), None)
+        except (aioredis.RedisError, OSError):
+            c.lag = None
+        rate = c.applied / max(time.monotonic() - c.started, 1e-9)
+        log.info(
+            "tracker: %d events applied (%.0f/s), %d duplicates, %d dead letters, lag %s",
+            c.applied, rate, c.duplicates, c.dead, "?" if c.lag is None else c.lag,
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass

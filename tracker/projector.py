@@ -1,0 +1,173 @@
+"""Projects a batch of decoded events into Postgres in one transaction.
+
+The event log insert (unique on event_id) decides which events are new; only
+those touch the status rows, so a re-delivered event is applied once. Jobs are
+locked (advisory, in one order) so that several trackers can project the same
+job concurrently.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+import msgspec
+
+from . import events as ev
+from . import store
+from .fold import GenreRow, JobRow, JobState, StageRow, apply, fold, history_entry, order_key
+
+
+class BatchResult(msgspec.Struct, kw_only=True):
+    """What one committed batch changed; the source of the live deltas."""
+
+    received: int = 0
+    applied: int = 0
+    jobs: list[JobRow] = msgspec.field(default_factory=list)
+    stages: list[StageRow] = msgspec.field(default_factory=list)
+    genres: list[GenreRow] = msgspec.field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        return self.received - self.applied
+
+
+async def project_batch(conn: asyncpg.Connection, events: Sequence[ev.AnyEvent]) -> BatchResult:
+    """Apply events (any order, duplicates allowed) in one transaction."""
+    result = BatchResult(received=len(events))
+    async with conn.transaction():
+        await conn.execute(store.LOCK_SHARED)
+        new_events = await _insert_into_log(conn, events)
+        if not new_events:
+            return result
+        by_job: dict[uuid.UUID, list[ev.AnyEvent]] = defaultdict(list)
+        for event in new_events:
+            by_job[event.job_id].append(event)
+        job_ids = list(by_job)
+        await conn.execute(store.LOCK_JOBS, store.job_lock_keys(job_ids))
+        states = await load_states(conn, job_ids)
+        added_articles = await _upsert_articles(conn, new_events)
+        refold_ids = [j for j, evs in by_job.items() if j in states and not _all_follow(states[j], evs)]
+        refolded = await _refold(conn, refold_ids, states)
+        for job_id, job_events in by_job.items():
+            if job_id in refolded:
+                state = refolded[job_id]
+            else:
+                state = states.get(job_id) or JobState.empty(job_id, min(e.at for e in job_events))
+                for event in sorted(job_events, key=order_key):
+                    apply(state, event)
+            state.job.article_count += added_articles.get(job_id, 0)
+            states[job_id] = state
+        changed = [states[j] for j in job_ids]
+        await write_states(conn, changed)
+        await _insert_history(conn, new_events)
+    result.applied = len(new_events)
+    result.jobs = [s.job for s in changed]
+    result.stages = [s.stages[name] for s in changed for name in sorted(s.changed_stages)]
+    result.genres = [s.genres[name] for s in changed for name in sorted(s.changed_genres)]
+    return result
+
+
+def _all_follow(state: JobState, job_events: Iterable[ev.Event]) -> bool:
+    return all(state.follows(e) for e in job_events)
+
+
+async def _insert_into_log(conn: asyncpg.Connection, events: Sequence[ev.AnyEvent]) -> list[ev.AnyEvent]:
+    unique = list({e.event_id: e for e in events}.values())
+    inserted = await conn.fetch(
+        store.INSERT_EVENTS,
+        [e.event_id for e in unique],
+        [e.job_id for e in unique],
+        [e.seq for e in unique],
+        [e.__struct_config__.tag for e in unique],
+        [e.at for e in unique],
+        [ev.encode_event(e).decode() for e in unique],
+    )
+    new_ids = {r["event_id"] for r in inserted}
+    return [e for e in unique if e.event_id in new_ids]
+
+
+async def load_states(conn: asyncpg.Connection, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, JobState]:
+    """The stored job, stage and genre rows of these jobs."""
+    states = {r["job_id"]: JobState(job=JobRow(**r)) for r in await conn.fetch(store.LOAD_JOBS, job_ids)}
+    for r in await conn.fetch(store.LOAD_STAGES, job_ids):
+        states[r["job_id"]].stages[r["stage"]] = StageRow(**r)
+    for r in await conn.fetch(store.LOAD_GENRES, job_ids):
+        states[r["job_id"]].genres[r["genre"]] = GenreRow(**r)
+    return states
+
+
+async def _refold(
+    conn: asyncpg.Connection, job_ids: list[uuid.UUID], stored: dict[uuid.UUID, JobState]
+) -> dict[uuid.UUID, JobState]:
+    """Fold jobs again from the event log (which already holds this batch's events)."""
+    if not job_ids:
+        return {}
+    logged: dict[uuid.UUID, list[ev.AnyEvent]] = defaultdict(list)
+    for r in await conn.fetch(store.LOAD_JOB_LOG, job_ids):
+        logged[r["job_id"]].append(ev.decode_event(r["payload"]))
+    refolded = {}
+    for job_id, job_events in logged.items():
+        state = fold(job_id, job_events, article_count=stored[job_id].job.article_count)
+        # Rows that exist stay written; every one may have changed.
+        state.changed_stages = set(state.stages)
+        state.changed_genres = set(state.genres)
+        refolded[job_id] = state
+    return refolded
+
+
+async def _upsert_articles(conn: asyncpg.Connection, new_events: Sequence[ev.AnyEvent]) -> dict[uuid.UUID, int]:
+    """Upsert reported articles; returns how many new articles each job got."""
+    latest: dict[tuple[uuid.UUID, str], tuple[int, ev.Article]] = {}
+    for event in new_events:
+        if isinstance(event, ev.ArticlesAdded):
+            for article in event.articles:
+                key = (event.job_id, article.article_id)
+                if key not in latest or latest[key][0] < event.seq:
+                    latest[key] = (event.seq, article)
+    if not latest:
+        return {}
+    rows = await conn.fetch(
+        store.UPSERT_ARTICLES,
+        [k[0] for k in latest],
+        [k[1] for k in latest],
+        [a.feed_id for _, a in latest.values()],
+        [a.original_user_id for _, a in latest.values()],
+        [seq for seq, _ in latest.values()],
+    )
+    added: dict[uuid.UUID, int] = defaultdict(int)
+    for r in rows:
+        if r["inserted"]:
+            added[r["job_id"]] += 1
+    return added
+
+
+async def write_states(conn: asyncpg.Connection, states: Sequence[JobState]) -> None:
+    await conn.executemany(store.UPSERT_JOB, [store.job_values(s.job) for s in states])
+    stage_rows = [store.stage_values(s.stages[n]) for s in states for n in s.changed_stages]
+    if stage_rows:
+        await conn.executemany(store.UPSERT_STAGE, stage_rows)
+    genre_rows = [store.genre_values(s.genres[n]) for s in states for n in s.changed_genres]
+    if genre_rows:
+        await conn.executemany(store.UPSERT_GENRE, genre_rows)
+
+
+async def _insert_history(conn: asyncpg.Connection, new_events: Sequence[ev.AnyEvent]) -> None:
+    rows = [(e, entry) for e in new_events if (entry := history_entry(e)) is not None]
+    if rows:
+        await conn.execute(store.INSERT_HISTORY, *history_columns(rows))
+
+
+def history_columns(rows: Sequence[tuple[ev.Event, tuple[str, str | None, str | None]]]) -> list[list]:
+    """Column arrays for INSERT_HISTORY from (event, history entry) pairs."""
+    return [
+        [e.job_id for e, _ in rows],
+        [e.event_id for e, _ in rows],
+        [e.seq for e, _ in rows],
+        [h[0] for _, h in rows],
+        [h[1] for _, h in rows],
+        [e.at for e, _ in rows],
+        [h[2] for _, h in rows],
+    ]

@@ -1,0 +1,122 @@
+"""Every SQL statement of the projection, built once and named."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from .fold import GenreRow, JobRow, StageRow
+
+JOB_COLUMNS: tuple[str, ...] = JobRow.__struct_fields__
+STAGE_COLUMNS: tuple[str, ...] = StageRow.__struct_fields__
+GENRE_COLUMNS: tuple[str, ...] = GenreRow.__struct_fields__
+
+# Tracker batches hold this lock shared; `rebuild` holds it exclusively.
+PROJECTION_LOCK = 7_201_555_002
+# Namespace of the per-job advisory locks (two-key form, apart from the lock above).
+JOB_LOCK_NAMESPACE = 7_201
+
+
+def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+def _select(table: str, columns: Sequence[str], where: str) -> str:
+    return f"SELECT {', '.join(columns)} FROM {table} WHERE {where}"
+
+
+LOCK_SHARED = f"SELECT pg_advisory_xact_lock_shared({PROJECTION_LOCK})"
+LOCK_EXCLUSIVE = f"SELECT pg_advisory_xact_lock({PROJECTION_LOCK})"
+LOCK_JOBS = f"SELECT count(pg_advisory_xact_lock({JOB_LOCK_NAMESPACE}, k)) FROM unnest($1::int[]) AS k"
+
+INSERT_EVENTS = """
+INSERT INTO recap_events (event_id, job_id, seq, type, at, payload)
+SELECT e, j, s, t, a, p::jsonb
+FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::timestamptz[], $6::text[])
+    AS u(e, j, s, t, a, p)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
+
+LOAD_JOBS = _select("recap_jobs", JOB_COLUMNS, "job_id = ANY($1::uuid[])")
+LOAD_STAGES = _select("recap_job_stages", STAGE_COLUMNS, "job_id = ANY($1::uuid[])")
+LOAD_GENRES = _select("recap_job_genres", GENRE_COLUMNS, "job_id = ANY($1::uuid[])")
+
+# The logged events of some jobs, for a refold. Article lists are left out: the
+# fold counts those events but does not read them.
+LOAD_JOB_LOG = """
+SELECT job_id, CASE WHEN type = 'articles.added'
+                    THEN jsonb_set(payload, '{articles}', '[]'::jsonb)
+                    ELSE payload END::text AS payload
+FROM recap_events WHERE job_id = ANY($1::uuid[])
+"""
+
+UPSERT_JOB = _upsert("recap_jobs", JOB_COLUMNS, ["job_id"])
+UPSERT_STAGE = _upsert("recap_job_stages", STAGE_COLUMNS, ["job_id", "stage"])
+UPSERT_GENRE = _upsert("recap_job_genres", GENRE_COLUMNS, ["job_id", "genre"])
+
+# Same article reported twice: the report with the higher seq wins. `xmax = 0`
+# is true for a row this statement inserted (not updated).
+UPSERT_ARTICLES = """
+INSERT INTO recap_job_articles AS a (job_id, article_id, feed_id, original_user_id, seq)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::bigint[])
+ON CONFLICT (job_id, article_id) DO UPDATE
+    SET feed_id = EXCLUDED.feed_id, original_user_id = EXCLUDED.original_user_id, seq = EXCLUDED.seq
+    WHERE EXCLUDED.seq > a.seq
+RETURNING job_id, (xmax = 0) AS inserted
+"""
+
+INSERT_HISTORY = """
+INSERT INTO recap_job_status_history (job_id, event_id, seq, status, stage, transitioned_at, reason)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+INSERT_DEAD_LETTER = """
+INSERT INTO recap_dead_letters (stream_id, reason, payload) VALUES ($1, $2, $3)
+ON CONFLICT (stream_id) DO NOTHING
+"""
+
+# --- rebuild -----------------------------------------------------------------
+
+PROJECTION_TABLES = (
+    "recap_job_status_history",
+    "recap_job_articles",
+    "recap_job_genres",
+    "recap_job_stages",
+    "recap_jobs",
+)
+TRUNCATE_PROJECTION = f"TRUNCATE {', '.join(PROJECTION_TABLES)} RESTART IDENTITY"
+COUNT_EVENTS = "SELECT count(*) FROM recap_events"
+ALL_EVENTS_BY_JOB = "SELECT job_id, payload::text FROM recap_events ORDER BY job_id, seq, event_id"
+REBUILD_ARTICLES = """
+INSERT INTO recap_job_articles (job_id, article_id, feed_id, original_user_id, seq)
+SELECT DISTINCT ON (e.job_id, a->>'article_id')
+       e.job_id, a->>'article_id', (a->>'feed_id')::uuid, (a->>'original_user_id')::uuid, e.seq
+FROM recap_events e, jsonb_array_elements(e.payload->'articles') AS a
+WHERE e.type = 'articles.added'
+ORDER BY e.job_id, a->>'article_id', e.seq DESC, e.event_id DESC
+"""
+ARTICLE_COUNTS = "SELECT job_id, count(*)::int AS n FROM recap_job_articles GROUP BY job_id"
+
+
+def job_lock_keys(job_ids: Sequence[uuid.UUID]) -> list[int]:
+    """Sorted int4 lock keys, so that concurrent trackers lock jobs in one order."""
+    return sorted({int.from_bytes(j.bytes[:4], "big", signed=True) for j in job_ids})
+
+
+def job_values(row: JobRow) -> tuple:
+    return tuple(getattr(row, c) for c in JOB_COLUMNS)
+
+
+def stage_values(row: StageRow) -> tuple:
+    return tuple(getattr(row, c) for c in STAGE_COLUMNS)
+
+
+def genre_values(row: GenreRow) -> tuple:
+    return tuple(getattr(row, c) for c in GENRE_COLUMNS)
