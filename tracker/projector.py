@@ -125,7 +125,7 @@ async def _upsert_articles(conn: asyncpg.Connection, new_events: Sequence[ev.Any
         if isinstance(event, ev.ArticlesAdded):
             for article in event.articles:
                 key = (event.job_id, article.article_id)
-                if key not in latest or latest[key][0] < event.seq:
+                if key not in latest or latest[key][0] <= event.seq:  # the last mention wins
                     latest[key] = (event.seq, article)
     if not latest:
         return {}

@@ -96,11 +96,11 @@ COUNT_EVENTS = "SELECT count(*) FROM recap_events"
 ALL_EVENTS_BY_JOB = "SELECT job_id, payload::text FROM recap_events ORDER BY job_id, seq, event_id"
 REBUILD_ARTICLES = """
 INSERT INTO recap_job_articles (job_id, article_id, feed_id, original_user_id, seq)
-SELECT DISTINCT ON (e.job_id, a->>'article_id')
-       e.job_id, a->>'article_id', (a->>'feed_id')::uuid, (a->>'original_user_id')::uuid, e.seq
-FROM recap_events e, jsonb_array_elements(e.payload->'articles') AS a
+SELECT DISTINCT ON (e.job_id, a.v->>'article_id')
+       e.job_id, a.v->>'article_id', (a.v->>'feed_id')::uuid, (a.v->>'original_user_id')::uuid, e.seq
+FROM recap_events e, jsonb_array_elements(e.payload->'articles') WITH ORDINALITY AS a(v, n)
 WHERE e.type = 'articles.added'
-ORDER BY e.job_id, a->>'article_id', e.seq DESC, e.event_id DESC
+ORDER BY e.job_id, a.v->>'article_id', e.seq DESC, a.n DESC
 """
 ARTICLE_COUNTS = "SELECT job_id, count(*)::int AS n FROM recap_job_articles GROUP BY job_id"
 
