@@ -1,0 +1,387 @@
+"""The per-process hub: one reader of the deltas stream fanning out to subscribers.
+
+Each subscriber has a bounded queue of frames, drained by its own task
+(pusher.session.serve), so a slow socket only ever delays itself. A frame is
+encoded once per batch and filter and shared by every subscriber it goes to.
+When a queue overflows it is coalesced into one frame holding the newest
+version of each row; when even that is too big, the subscriber is marked for a
+resync and its queue dropped (its drain task then sends a fresh snapshot).
+
+The hub notices lost history itself: an entry of another epoch, a changed epoch
+key, or a gap in the offsets (the hub fell behind the stream's cap) makes every
+subscriber resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import redis.asyncio as aioredis
+
+from tracker.fold import JobRow
+from tracker.settings import Settings
+
+from .deltas import Change, Cursor, Delta, Stats, coalesce, encode, entry_id, epoch_key, offset_of, row_count
+from .publish import new_epoch_id
+
+log = logging.getLogger("pusher")
+
+
+class HubOptions(msgspec.Struct, kw_only=True, frozen=True):
+    """Tuning of the hub; the defaults suit a dashboard."""
+
+    #: Frames a subscriber may have queued before they are coalesced.
+    queue_limit: int = 64
+    #: Rows a coalesced backlog may hold before the subscriber is resynced instead.
+    max_rows: int = 4_000
+    #: A send blocked this long (the client stopped reading): closed with TOO_SLOW.
+    send_timeout: float = 10.0
+    #: Idle interval of the application heartbeat; WebSocket pings use it too.
+    heartbeat: float = 15.0
+    #: Time a new socket has to send its subscribe message.
+    subscribe_timeout: float = 10.0
+    #: Longest block of one stream read; also how soon a changed epoch is noticed.
+    block_ms: int = 500
+    read_count: int = 2_000
+    #: Stats are recomputed at most this often, and only after a job changed status.
+    stats_interval: float = 1.0
+    snapshot_concurrency: int = 4
+
+
+class Scope(msgspec.Struct, frozen=True, kw_only=True):
+    """What a subscriber may and wants to see. Hashable: subscribers group by it."""
+
+    admin: bool
+    #: Jobs of this user only (always set for user tokens); None: every job.
+    user_id: uuid.UUID | None = None
+    kind: str | None = None
+    trigger_source: str | None = None
+    #: Snapshot parameters (None: the REST defaults).
+    window: int | None = None
+    limit: int | None = None
+
+    def admits(self, job: JobRow) -> bool:
+        return (
+            (self.user_id is None or job.user_id == self.user_id)
+            and (self.kind is None or job.kind == self.kind)
+            and (self.trigger_source is None or job.trigger_source == self.trigger_source)
+        )
+
+    @property
+    def filter_key(self) -> tuple:
+        return (self.user_id, self.kind, self.trigger_source)
+
+
+class Frame:
+    """One message for a subscriber: deltas (with their cursor) or stats."""
+
+    __slots__ = ("cursor", "changes", "data")
+
+    def __init__(self, cursor: Cursor | None, changes: list[Change] | None, data: bytes | None) -> None:
+        self.cursor = cursor
+        self.changes = changes
+        self.data = data
+
+    def encoded(self) -> bytes:
+        if self.data is None:
+            assert self.cursor is not None and self.changes is not None
+            self.data = encode(Delta(cursor=self.cursor, changes=self.changes))
+        return self.data
+
+
+class Subscriber:
+    """One subscription's bounded queue; `offer` never blocks and never grows it past its limit."""
+
+    def __init__(self, scope: Scope, options: HubOptions) -> None:
+        self.scope = scope
+        self.options = options
+        self.frames: deque[Frame] = deque()
+        #: Frames up to this offset are not wanted (the client already has them).
+        self.after = -1
+        #: Set when the queue had to be dropped: the drainer sends a snapshot next.
+        self.resync_reason: str | None = None
+        self.coalesced = 0
+        self._wake = asyncio.Event()
+
+    def offer(self, frame: Frame) -> None:
+        if self.resync_reason is not None:
+            return  # a snapshot follows, which holds this change
+        if frame.cursor is not None and frame.cursor.offset <= self.after:
+            return
+        self.frames.append(frame)
+        if len(self.frames) > self.options.queue_limit:
+            self._coalesce()
+        self._wake.set()
+
+    def resync(self, reason: str) -> None:
+        self.frames.clear()
+        self.resync_reason = reason
+        self._wake.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until there is something to send; False on timeout."""
+        if self.frames or self.resync_reason:
+            return True
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _coalesce(self) -> None:
+        deltas = [f for f in self.frames if f.changes is not None]
+        stats = [f for f in self.frames if f.changes is None]
+        merged = coalesce(c for f in deltas for c in f.changes)  # type: ignore[union-attr]
+        if row_count(merged) > self.options.max_rows:
+            self.resync("slow")
+            return
+        self.coalesced += 1
+        self.frames.clear()
+        if deltas:
+            self.frames.append(Frame(deltas[-1].cursor, merged, None))
+        if stats:
+            self.frames.append(stats[-1])
+
+
+SnapshotFn = Callable[[Scope], Awaitable[tuple[bytes, bytes]]]
+StatsFn = Callable[[Scope], Awaitable[bytes]]
+
+_change_decoder = msgspec.json.Decoder(Change)
+_STATUSES_KEPT = 50_000  # job statuses remembered to notice status changes
+
+
+class Hub:
+    """Reads the deltas stream (one reader per process) and fans out to subscribers.
+
+    `snapshot(scope)` returns the encoded job-progress response and job rows for a
+    scope; `stats(scope)` the encoded job stats. Both read Postgres.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        snapshot: SnapshotFn,
+        stats: StatsFn | None = None,
+        options: HubOptions | None = None,
+    ) -> None:
+        self.redis = redis
+        self.stream = settings.deltas_stream
+        self.options = options or HubOptions()
+        self.epoch = ""
+        self.offset = 0
+        self.groups: dict[Scope, set[Subscriber]] = {}
+        self._snapshot_fn = snapshot
+        self._stats_fn = stats
+        self._snapshots: dict[Scope, asyncio.Future[tuple[bytes, bytes]]] = {}
+        self._snapshot_slots = asyncio.Semaphore(self.options.snapshot_concurrency)
+        self._statuses: OrderedDict[uuid.UUID, str] = OrderedDict()
+        self._stats_dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def position(self) -> Cursor:
+        """The newest change dispatched to subscribers."""
+        return Cursor(self.epoch, self.offset)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self.groups.values())
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take the current epoch and position; then run the reader (and stats) in the background."""
+        self.epoch = await self._current_epoch()
+        self.offset = await self._last_offset()
+        self._tasks = [asyncio.create_task(self.run(), name="pusher-hub")]
+        if self._stats_fn is not None:
+            self._tasks.append(asyncio.create_task(self._stats_loop(), name="pusher-stats"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.run_once()
+                backoff = 0.1
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
+                log.warning("pusher: reading %s failed (%s); retrying in %.1fs", self.stream, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("pusher: hub error")
+                await asyncio.sleep(1.0)
+
+    # --- subscribers ----------------------------------------------------------------
+
+    def attach(self, sub: Subscriber) -> Cursor:
+        """Register a subscriber; it gets every change after the returned position."""
+        self.groups.setdefault(sub.scope, set()).add(sub)
+        return self.position
+
+    def detach(self, sub: Subscriber) -> None:
+        group = self.groups.get(sub.scope)
+        if group is not None:
+            group.discard(sub)
+            if not group:
+                del self.groups[sub.scope]
+
+    def subscribers(self) -> list[Subscriber]:
+        return [sub for group in self.groups.values() for sub in group]
+
+    # --- reading ------------------------------------------------------------------
+
+    async def run_once(self, block_ms: int | None = None) -> int:
+        """Read and dispatch one batch of the stream; returns the number of changes read."""
+        block = self.options.block_ms if block_ms is None else block_ms
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(epoch_key(self.stream), "epoch")
+        pipe.xread({self.stream: entry_id(self.offset)}, count=self.options.read_count, block=block or None)
+        epoch, reply = await pipe.execute()
+        if epoch is None or epoch.decode() != self.epoch:
+            await self._restart("epoch")
+            return 0
+        entries = reply[0][1] if reply else []
+        if not entries:
+            return 0
+        first = offset_of(entries[0][0])
+        if first != self.offset + 1 or any(fields[b"e"].decode() != self.epoch for _, fields in entries):
+            await self._restart("trimmed" if first > self.offset + 1 else "epoch")
+            return 0
+        changes = [_change_decoder.decode(fields[b"d"]) for _, fields in entries]
+        self.offset = offset_of(entries[-1][0])
+        self._dispatch(coalesce(changes), self.position)
+        return len(entries)
+
+    def _dispatch(self, changes: list[Change], cursor: Cursor) -> None:
+        self._snapshots.clear()  # taken before these changes: no longer valid for new subscribers
+        frames: dict[tuple, Frame | None] = {}
+        for scope, group in self.groups.items():
+            key = scope.filter_key
+            if key not in frames:
+                selected = [c for c in changes if scope.admits(c.job)]
+                frames[key] = Frame(cursor, selected, None) if selected else None
+            frame = frames[key]
+            if frame is not None:
+                frame.encoded()
+                for sub in group:
+                    sub.offer(frame)
+        self._note_statuses(changes)
+
+    async def _restart(self, reason: str) -> None:
+        """History was lost (new epoch, or trimmed past this hub): start again from now."""
+        epoch = await self._current_epoch()
+        self.epoch, self.offset = epoch, await self._last_offset()
+        log.warning("pusher: delta history lost (%s); epoch %s, resyncing %d subscribers", reason, epoch, self.subscriber_count)
+        self._snapshots.clear()
+        for sub in self.subscribers():
+            sub.resync(reason)
+
+    async def _current_epoch(self) -> str:
+        key = epoch_key(self.stream)
+        await self.redis.hsetnx(key, "epoch", new_epoch_id())
+        return (await self.redis.hget(key, "epoch")).decode()
+
+    async def last_offset(self) -> int:
+        """The newest offset in the stream (0 when it has none)."""
+        return await self._last_offset()
+
+    async def _last_offset(self) -> int:
+        try:
+            info = await self.redis.xinfo_stream(self.stream)
+        except aioredis.ResponseError:
+            return 0  # no such stream
+        return offset_of(info["last-generated-id"])
+
+    # --- resume and snapshots ---------------------------------------------------------
+
+    async def replay(self, cursor: Cursor, scope: Scope, upto: int) -> list[Change] | str:
+        """The changes after `cursor` up to offset `upto` in scope, coalesced; or why they
+        cannot be had (`epoch`, `trimmed`, `unknown`), when a snapshot must be sent."""
+        if cursor.epoch != self.epoch:
+            return "epoch"
+        if cursor.offset >= upto:
+            return [] if cursor.offset <= await self._last_offset() else "unknown"
+        changes: list[Change] = []
+        expected = cursor.offset + 1
+        while expected <= upto:
+            entries = await self.redis.xrange(
+                self.stream, min=entry_id(expected), max=entry_id(upto), count=self.options.read_count
+            )
+            for eid, fields in entries:
+                if offset_of(eid) != expected or fields[b"e"].decode() != cursor.epoch:
+                    return "trimmed"
+                expected += 1
+                change = _change_decoder.decode(fields[b"d"])
+                if scope.admits(change.job):
+                    changes.append(change)
+            if not entries:
+                return "trimmed"
+        return coalesce(changes)
+
+    async def snapshot(self, scope: Scope) -> tuple[Cursor, bytes, bytes]:
+        """A snapshot of `scope` reflecting at least every change up to the returned cursor.
+
+        Subscribers asking for the same scope before the next change arrives share
+        one query (a resync of every client after an epoch change is one query per scope).
+        """
+        position = self.position
+        future = self._snapshots.get(scope)
+        if future is None or (future.done() and (future.cancelled() or future.exception() is not None)):
+            future = asyncio.ensure_future(self._take_snapshot(scope))
+            future.add_done_callback(_retrieve)
+            self._snapshots[scope] = future
+        progress, jobs = await asyncio.shield(future)
+        return position, progress, jobs
+
+    async def _take_snapshot(self, scope: Scope) -> tuple[bytes, bytes]:
+        async with self._snapshot_slots:
+            return await self._snapshot_fn(scope)
+
+    # --- stats ------------------------------------------------------------------------
+
+    def _note_statuses(self, changes: list[Change]) -> None:
+        for change in changes:
+            job = change.job
+            if self._statuses.get(job.job_id) != job.status:
+                self._statuses[job.job_id] = job.status
+                self._stats_dirty.set()
+            self._statuses.move_to_end(job.job_id)
+        while len(self._statuses) > _STATUSES_KEPT:
+            self._statuses.popitem(last=False)
+
+    async def _stats_loop(self) -> None:
+        assert self._stats_fn is not None
+        while True:
+            await self._stats_dirty.wait()
+            self._stats_dirty.clear()
+            started = time.monotonic()
+            for scope in list(self.groups):
+                try:
+                    data = await self._stats_fn(scope)
+                except Exception as exc:  # stats are best effort; the next change retries
+                    log.warning("pusher: stats for %s failed: %s", scope, exc)
+                    continue
+                frame = Frame(None, None, encode(Stats(stats=msgspec.Raw(data))))
+                for sub in list(self.groups.get(scope, ())):
+                    sub.offer(frame)
+            await asyncio.sleep(max(0.0, self.options.stats_interval - (time.monotonic() - started)))
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a shared snapshot's failure as seen: its waiters may all have gone."""
+    if not future.cancelled():
+        future.exception()
