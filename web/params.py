@@ -124,7 +124,7 @@ def choices_param(query: Any, name: str, allowed: Sequence[str]) -> tuple[str, .
     values = [v for v in _all_values(query, name) if v]
     for value in values:
         if value not in allowed:
-            raise bad_parameter(name, f"each value must be one of {', '.join(allowed)}")
+            raise bad_parameter(name, f"must be one of {', '.join(allowed)} (repeat the parameter for several)")
     return tuple(dict.fromkeys(values)) or None
 
 

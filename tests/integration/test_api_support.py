@@ -103,18 +103,23 @@ async def project(pool: asyncpg.Pool, *jobs: JobScript | Sequence[ev.AnyEvent]) 
 
 
 class QueryCounter:
-    """Counts the SQL statements sent on a pool's connections (asyncpg query loggers)."""
+    """Counts the SQL statements sent on a pool's open connections (asyncpg query loggers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self.queries: list[str] = []
+        self._connections = [h._con for h in pool._holders if h._con is not None]
 
-    def __call__(self, record: Any) -> None:
+    def _log(self, record: Any) -> None:
         self.queries.append(record.query)
 
-    def attach(self, pool: asyncpg.Pool) -> None:
-        for holder in pool._holders:  # the app's pool: every connection it may hand out
-            if holder._con is not None:
-                holder._con.add_query_logger(self)
+    def __enter__(self) -> QueryCounter:
+        for conn in self._connections:
+            conn.add_query_logger(self._log)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for conn in self._connections:
+            conn.remove_query_logger(self._log)
 
 
 # --- the seed's shapes (../shared/seed/API.md) -------------------------------------

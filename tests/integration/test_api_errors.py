@@ -1,0 +1,190 @@
+"""Errors (400 naming the parameter, 401, 403, 404, 405, 503), health probes,
+metrics and the OpenAPI document against the routes."""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+
+import asyncpg
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from tracker import events as ev
+from tracker.consumer import GROUP
+from tracker.settings import Settings
+from web.app import create_app
+from web.keys import POOL, REDIS
+from web.openapi import OPERATIONS, STATIC_PATH, build_document, registered_operations
+
+from tests.integration.test_api_support import (
+    ADMIN,
+    ALICE,
+    METRICS,
+    Api,
+    api,  # noqa: F401 - fixture
+    api_settings,
+    project,
+    script,
+    serve,
+)
+
+PROGRESS = "/v1/dashboard/job-progress"
+
+BAD_PARAMETERS = [
+    (PROGRESS, {"user_id": "42"}, "user_id"),
+    (PROGRESS, {"limit": "-1"}, "limit"),
+    (PROGRESS, {"limit": "0"}, "limit"),
+    (PROGRESS, {"limit": "100000"}, "limit"),
+    (PROGRESS, {"limit": "1e3"}, "limit"),
+    (PROGRESS, {"limit": "99999999999999999999999999"}, "limit"),
+    (PROGRESS, {"window": "0"}, "window"),
+    (PROGRESS, {"window": "-3600"}, "window"),
+    (PROGRESS, {"window": "1.5"}, "window"),
+    (PROGRESS, {"kind": "nightly"}, "kind"),
+    (PROGRESS, {"status": "done"}, "status"),
+    (PROGRESS, {"trigger_source": "cron"}, "trigger_source"),
+    ("/v1/dashboard/job-stats", {"kind": "Recap"}, "kind"),
+    ("/v1/dashboard/job-stats", {"window": "x"}, "window"),
+    ("/v1/dashboard/job-stats", {"user_id": "not-a-uuid"}, "user_id"),
+    ("/v1/dashboard/jobs/not-a-uuid", {}, "job_id"),
+    (f"/v1/dashboard/jobs/{uuid.uuid4()}", {"events": "-1"}, "events"),
+    ("/v1/dashboard/dead-letters", {"limit": "501"}, "limit"),
+]
+
+
+@pytest.mark.parametrize(("path", "query", "parameter"), BAD_PARAMETERS)
+async def test_bad_parameter_is_a_400_naming_it(api: Api, path: str, query: dict, parameter: str) -> None:
+    status, body = await api.get(path, **query)
+    assert status == 400
+    assert body["error"]["code"] == "bad_parameter"
+    assert body["error"]["parameter"] == parameter
+    assert body["error"]["message"].startswith(f"{parameter}: must be")
+
+
+async def test_unknown_job_route_and_method_are_json(api: Api) -> None:
+    status, body = await api.get(f"/v1/dashboard/jobs/{uuid.uuid4()}")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body = await api.get("/v1/nothing-here")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    async with api.client.post(PROGRESS, headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "GET,HEAD"
+        assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_401_and_403_are_json(api: Api) -> None:
+    async with api.client.get(PROGRESS) as response:
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.content_type == "application/json"
+        assert (await response.json()) == {"error": {"code": "unauthorized", "message": "a bearer token is required"}}
+    async with api.client.get(PROGRESS, headers={"Authorization": "Basic YWRtaW46YWRtaW4="}) as response:
+        assert response.status == 401
+    status, body = await api.get("/v1/dashboard/dead-letters", token=ALICE)
+    assert status == 403 and body["error"]["code"] == "forbidden"
+
+
+async def test_503_when_postgres_is_down(settings: Settings) -> None:
+    down = api_settings(settings, database_url="postgresql://postgres@127.0.0.1:1/nothing")
+    async for api in serve(down):
+        for path in (PROGRESS, "/v1/dashboard/job-stats", f"/v1/dashboard/jobs/{uuid.uuid4()}"):
+            status, body = await api.get(path)
+            assert status == 503, (path, body)
+            assert body == {"error": {"code": "unavailable", "message": "the database or Redis is unavailable; try again shortly"}}
+        status, body = await api.get("/health/ready", token=None)
+        assert status == 503
+        assert body["checks"] == {"postgres": "unreachable", "migrations": "unreachable", "redis": "ok"}
+        assert body["error"]["code"] == "not_ready"
+        assert (await api.get("/health/live", token=None))[0] == 200
+        assert (await api.get("/metrics", token=METRICS))[0] == 200  # still scrapable
+
+
+async def test_503_when_the_pool_is_terminated_under_the_server(api: Api, pg_pool: asyncpg.Pool) -> None:
+    await project(pg_pool, script(60))
+    assert (await api.get(PROGRESS))[0] == 200
+    api.client.server.app[POOL].terminate()
+    status, body = await api.get(PROGRESS)
+    assert status == 503 and body["error"]["code"] == "unavailable"
+
+
+async def test_ready_when_everything_answers(api: Api, pg_pool: asyncpg.Pool, settings: Settings) -> None:
+    status, body = await api.get("/health/ready", token=None)
+    assert (status, body) == (200, {"status": "ready", "checks": {"postgres": "ok", "migrations": "ok", "redis": "ok"}})
+
+    async with pg_pool.acquire() as conn:
+        await conn.execute("DELETE FROM schema_migrations WHERE filename = '0001_initial.sql'")
+    status, body = await api.get("/health/ready", token=None)
+    assert status == 503 and body["checks"]["migrations"] == "pending: 0001_initial.sql"
+
+    client = api.client.server.app[REDIS]  # Redis goes away under the running server
+    client.connection_pool.connection_kwargs["port"] = 1
+    await client.connection_pool.disconnect()
+    client.connection_pool.reset()
+    status, body = await api.get("/health/ready", token=None)
+    assert status == 503 and body["checks"]["redis"] == "unreachable"
+
+
+def _samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics(api: Api, pg_pool: asyncpg.Pool, settings: Settings, redis: aioredis.Redis) -> None:
+    job = script(60)
+    await project(pg_pool, job)
+    async with pg_pool.acquire() as conn:
+        await conn.execute("INSERT INTO recap_dead_letters (stream_id, reason) VALUES ('1-0', 'bad'), ('2-0', 'bad')")
+    await redis.xgroup_create(settings.events_stream, GROUP, id="0", mkstream=True)
+    for _ in range(3):
+        await redis.xadd(settings.events_stream, {ev.EVENT_FIELD: b"{}"})
+    await api.ok(PROGRESS)
+    await api.get(f"/v1/dashboard/jobs/{job.job_id}")
+    await api.get(f"/v1/dashboard/jobs/{uuid.uuid4()}")
+
+    async with api.client.get("/metrics", headers={"Authorization": f"Bearer {METRICS}"}) as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        samples = _samples(await response.text())
+    route = "/v1/dashboard/jobs/{job_id}"
+    assert samples[("recap_http_requests_total", (("method", "GET"), ("route", route), ("status", "200")))] == 1
+    assert samples[("recap_http_requests_total", (("method", "GET"), ("route", route), ("status", "404")))] == 1
+    assert samples[("recap_http_request_duration_seconds_count", (("route", PROGRESS),))] == 1
+    assert samples[("recap_tracker_lag", ())] == 3
+    assert samples[("recap_dead_letters", ())] == 2
+    assert samples[("recap_events_projected", ())] == 1
+    assert samples[("recap_jobs", (("status", "running"),))] == 1
+
+
+def test_every_route_is_documented_and_every_document_path_is_a_route(settings: Settings) -> None:
+    app = create_app(api_settings(settings))
+    registered = registered_operations(app)
+    document = msgspec.json.decode(msgspec.json.encode(build_document(app)))
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    assert registered == documented
+    described = set(OPERATIONS)
+    if importlib.util.find_spec("web.ws") is None:
+        described.discard("/v1/dashboard/ws")
+    assert {path for _, path in registered} == described  # nothing described that does not exist
+    assert STATIC_PATH in document["paths"]
+
+
+async def test_openapi_document_is_served(api: Api) -> None:
+    document = await api.ok("/v1/openapi.json")
+    assert document["openapi"].startswith("3.1")
+    assert "/v1/dashboard/job-progress" in document["paths"]
+    assert (await api.get("/v1/openapi.json", token=None))[0] == 401
+
+
+async def test_many_apps_have_their_own_metrics(settings: Settings) -> None:
+    first, second = create_app(api_settings(settings)), create_app(api_settings(settings))
+    async with TestClient(TestServer(first)) as one, TestClient(TestServer(second)) as two:
+        await one.get("/health/live")
+        async with two.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+            assert "health/live" not in await response.text()
