@@ -1,14 +1,15 @@
 """Query and path parameters: parsed once, checked against their limits, and
 rejected with a 400 that names the parameter and what is allowed.
 
-An empty value (`?user_id=`) counts as absent, as form-built URLs send them.
+Strict on purpose: an empty value (`?limit=`) is not a number, and a
+single-valued parameter given twice is ambiguous; both are 400s.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -31,9 +32,6 @@ TRIGGER_SOURCES: tuple[str, ...] = tuple(t.value for t in TriggerSource)
 STATUS_FILTERS: tuple[str, ...] = (*(s.value for s in JobStatus), STALLED)
 
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
-
-Query = Mapping[str, str]
-
 
 class ProgressParams(msgspec.Struct, frozen=True, kw_only=True):
     """What a job-progress poll asks for (also the WebSocket snapshot's parameters)."""
@@ -80,12 +78,14 @@ def stats_params(query: Any, settings: Settings) -> StatsParams:
     )
 
 
-def _value(query: Query, name: str) -> str | None:
-    raw = query.get(name)
-    return raw if raw else None
+def _value(query: Any, name: str) -> str | None:
+    values = _all_values(query, name)
+    if len(values) > 1:
+        raise bad_parameter(name, "must be given once")
+    return values[0] if values else None
 
 
-def uuid_param(query: Query, name: str) -> uuid.UUID | None:
+def uuid_param(query: Any, name: str) -> uuid.UUID | None:
     raw = _value(query, name)
     if raw is None:
         return None
@@ -103,7 +103,7 @@ def path_uuid(value: str, name: str) -> uuid.UUID:
     return parsed
 
 
-def int_param(query: Query, name: str, default: int, low: int, high: int) -> int:
+def int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
     raw = _value(query, name)
     if raw is None:
         return default
@@ -112,7 +112,7 @@ def int_param(query: Query, name: str, default: int, low: int, high: int) -> int
     return int(raw)
 
 
-def choice_param(query: Query, name: str, allowed: Sequence[str]) -> str | None:
+def choice_param(query: Any, name: str, allowed: Sequence[str]) -> str | None:
     raw = _value(query, name)
     if raw is not None and raw not in allowed:
         raise bad_parameter(name, f"must be one of {', '.join(allowed)}")
@@ -121,7 +121,7 @@ def choice_param(query: Query, name: str, allowed: Sequence[str]) -> str | None:
 
 def choices_param(query: Any, name: str, allowed: Sequence[str]) -> tuple[str, ...] | None:
     """A repeatable parameter (`?status=failed&status=cancelled`)."""
-    values = [v for v in _all_values(query, name) if v]
+    values = _all_values(query, name)
     for value in values:
         if value not in allowed:
             raise bad_parameter(name, f"must be one of {', '.join(allowed)} (repeat the parameter for several)")

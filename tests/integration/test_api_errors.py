@@ -36,6 +36,8 @@ PROGRESS = "/v1/dashboard/job-progress"
 
 BAD_PARAMETERS = [
     (PROGRESS, {"user_id": "42"}, "user_id"),
+    (PROGRESS, {"user_id": ""}, "user_id"),
+    (PROGRESS, {"limit": ["10", "20"]}, "limit"),
     (PROGRESS, {"limit": "-1"}, "limit"),
     (PROGRESS, {"limit": "0"}, "limit"),
     (PROGRESS, {"limit": "100000"}, "limit"),
