@@ -1,21 +1,22 @@
 -- recap-status initial schema.
+-- The child tables carry job_id without a foreign key: only the projector
+-- writes them, always with the job row in the same transaction, and a
+-- per-row FK check would cost more than the rest of an article insert.
 -- The event log is the truth; recap_jobs, recap_job_stages, recap_job_genres,
 -- recap_job_articles and recap_job_status_history are its projection and can
 -- be rebuilt from it (`recap-status rebuild`).
 
 -- Every accepted event, once (unique on event_id). Append-only.
 CREATE TABLE recap_events (
-    id          BIGSERIAL PRIMARY KEY,
-    event_id    UUID NOT NULL UNIQUE,
+    event_id    UUID PRIMARY KEY,
     job_id      UUID NOT NULL,
     seq         BIGINT NOT NULL,
     type        TEXT NOT NULL,
     at          TIMESTAMPTZ NOT NULL,
     received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    payload     JSONB NOT NULL
+    payload     JSON NOT NULL
 );
 CREATE INDEX recap_events_job_seq ON recap_events (job_id, seq);
-CREATE INDEX recap_events_received ON recap_events (received_at);
 
 -- One row per job. Columns of the original table first, then ours.
 CREATE TABLE recap_jobs (
@@ -50,7 +51,7 @@ CREATE INDEX recap_jobs_running ON recap_jobs (kicked_at DESC) WHERE status IN (
 CREATE INDEX recap_jobs_finished ON recap_jobs (finished_at DESC) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE recap_job_stages (
-    job_id      UUID NOT NULL REFERENCES recap_jobs (job_id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+    job_id      UUID NOT NULL,
     stage       TEXT NOT NULL,
     position    INT NOT NULL,
     status      TEXT NOT NULL CHECK (status IN ('pending', 'running', 'completed', 'failed')),
@@ -66,7 +67,7 @@ CREATE TABLE recap_job_stages (
 );
 
 CREATE TABLE recap_job_genres (
-    job_id        UUID NOT NULL REFERENCES recap_jobs (job_id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+    job_id        UUID NOT NULL,
     genre         TEXT NOT NULL,
     status        TEXT NOT NULL
                   CHECK (status IN ('pending', 'running', 'succeeded', 'partial', 'failed')),
@@ -84,20 +85,22 @@ CREATE TABLE recap_job_genres (
 
 -- The seed's article table, with the per-user columns the original never filled.
 CREATE TABLE recap_job_articles (
-    job_id           UUID NOT NULL REFERENCES recap_jobs (job_id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
-    article_id       TEXT NOT NULL,
+    job_id           UUID NOT NULL,
+    article_id       TEXT COLLATE "C" NOT NULL,
     feed_id          UUID,
     original_user_id UUID,
+    -- the reporting event; a later (seq, event_id) report of the same article wins
     seq              BIGINT NOT NULL,
+    event_id         UUID NOT NULL,
     UNIQUE (job_id, article_id)
 );
-CREATE INDEX recap_job_articles_feed ON recap_job_articles (feed_id);
-CREATE INDEX recap_job_articles_user ON recap_job_articles (original_user_id, job_id);
+CREATE INDEX recap_job_articles_user ON recap_job_articles (original_user_id, job_id)
+    WHERE original_user_id IS NOT NULL;
 
 -- Job-level transitions, one row per lifecycle event; ordered by seq, not by id.
 CREATE TABLE recap_job_status_history (
     id              BIGSERIAL PRIMARY KEY,
-    job_id          UUID NOT NULL REFERENCES recap_jobs (job_id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+    job_id          UUID NOT NULL,
     event_id        UUID NOT NULL UNIQUE,
     seq             BIGINT NOT NULL,
     status          TEXT NOT NULL,

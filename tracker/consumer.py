@@ -60,6 +60,7 @@ class Counters:
     dead: int = 0
     batches: int = 0
     lag: int | None = None
+    logged_applied: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -104,21 +105,37 @@ class Consumer:
         return len(entries)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set; the batch in hand is finished first."""
+        """Run until `stop` is set; the batch in hand is finished first.
+
+        Once its own pending entries are done, it reads the next batch from
+        Redis while Postgres commits the current one.
+        """
         await self.setup()
         backoff = 0.1
         last_log = time.monotonic()
+        prefetch: asyncio.Task[list[Entry]] | None = None
         while not stop.is_set():
             try:
-                await self.run_once()
+                entries = await (prefetch or self._next_entries(None))
+                prefetch = None
+                if self._own_pending_done and entries:
+                    prefetch = asyncio.create_task(self._next_entries(None))
+                if entries:
+                    await self.handle(entries)
+                await self._maybe_trim()
                 backoff = 0.1
             except _CONNECTION_ERRORS + (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                prefetch = await _discard(prefetch)
+                self._own_pending_done = False  # what was read but not applied is pending: read it again
                 log.warning("tracker: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
             if time.monotonic() - last_log >= self.settings.log_every:
-                await self._log_progress(time.monotonic() - last_log)
+                self._log_progress(time.monotonic() - last_log)
                 last_log = time.monotonic()
+        if prefetch is not None:
+            # Read but not handled: left pending, re-read by this consumer on its next start.
+            await _discard(prefetch)
 
     # --- reading --------------------------------------------------------------
 
@@ -202,7 +219,7 @@ class Consumer:
     async def _project(self, valid: list[Decoded]) -> BatchResult:
         try:
             async with self.pool.acquire() as conn:
-                result = await project_batch(conn, [d.event for d in valid])
+                result = await project_batch(conn, [d.event for d in valid], [d.raw for d in valid])
         except _CONNECTION_ERRORS:
             raise
         except asyncpg.PostgresError as exc:
@@ -218,7 +235,7 @@ class Consumer:
         for item in valid:
             try:
                 async with self.pool.acquire() as conn:
-                    one = await project_batch(conn, [item.event])
+                    one = await project_batch(conn, [item.event], [item.raw])
             except _CONNECTION_ERRORS:
                 raise
             except asyncpg.PostgresError as exc:
@@ -262,6 +279,7 @@ class Consumer:
         group = next((g for g in groups if _text(g["name"]) == GROUP), None)
         if group is None:
             return None
+        self.counters.lag = group.get("lag")
         summary = await self.redis.xpending(self.stream, GROUP)
         if summary["pending"]:
             return summary["min"] if isinstance(summary["min"], bytes) else str(summary["min"]).encode()
@@ -269,22 +287,28 @@ class Consumer:
         ms, _, seq = last.partition("-")
         return f"{ms}-{int(seq or 0) + 1}".encode()
 
-    async def _log_progress(self, elapsed: float) -> None:
+    def _log_progress(self, elapsed: float) -> None:
         c = self.counters
-        try:
-            groups = await self.redis.xinfo_groups(self.stream)
-            c.lag = next((g.get("lag") for g in groups if _text(g["name"]) == GROUP), None)
-        except (aioredis.RedisError, OSError):
-            c.lag = None
-        rate = c.applied / max(time.monotonic() - c.started, 1e-9)
+        rate = (c.applied - c.logged_applied) / max(elapsed, 1e-9)
+        c.logged_applied = c.applied
         log.info(
-            "tracker: %d events applied (%.0f/s), %d duplicates, %d dead letters, lag %s",
-            c.applied, rate, c.duplicates, c.dead, "?" if c.lag is None else c.lag,
+            "tracker: %d events applied (%.0f/s over the last %.0fs), %d duplicates, %d dead letters, lag %s",
+            c.applied, rate, elapsed, c.duplicates, c.dead, "?" if c.lag is None else c.lag,
         )
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def _discard(task: asyncio.Task | None) -> None:
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except BaseException:  # noqa: BLE001 - whatever it ended with, it is gone
+            pass
+    return None
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -126,21 +126,7 @@ def apply(state: JobState, event: ev.Event) -> None:
     if event.at > job.last_event_at:
         job.last_event_at = event.at
     job.updated_at = job.last_event_at
-    match event:
-        case ev.JobStarted():
-            _job_started(state, event)
-        case ev.JobCompleted():
-            _job_finished(job, event, JobStatus.COMPLETED)
-        case ev.JobFailed():
-            _job_failed(state, event)
-        case ev.JobCancelled():
-            _job_finished(job, event, JobStatus.CANCELLED, error=event.reason)
-        case ev.StageStarted() | ev.StageProgress() | ev.StageCompleted() | ev.StageFailed():
-            _stage_event(state, event)
-        case ev.GenreStatusChanged():
-            _genre_event(state, event)
-        case ev.JobHeartbeat() | ev.ArticlesAdded():
-            _mark_running(job)
+    _APPLY[type(event)](state, event)
 
 
 def _mark_running(job: JobRow) -> None:
@@ -197,41 +183,59 @@ def _stage_event(state: JobState, event: ev.StageStarted | ev.StageProgress | ev
         row = StageRow(job_id=job.job_id, stage=event.stage, position=_position(job, event.stage), updated_at=event.at)
         state.stages[event.stage] = row
     _touch_stage(state, row, event)
-    if row.status == StageStatus.COMPLETED.value:
-        pass  # a completed stage stays completed: late progress or a repeated start does not reopen it
-    elif isinstance(event, ev.StageStarted):
-        if row.status != StageStatus.RUNNING.value:
-            row.status = StageStatus.RUNNING.value
-            row.attempts += 1
-            row.started_at = row.started_at or event.at
-            row.finished_at = None
-            row.error = None
-        if event.total is not None:
-            row.total = event.total
-    elif isinstance(event, ev.StageProgress):
-        if row.status == StageStatus.PENDING.value:
-            _open_stage(row, event)
-        if row.status == StageStatus.RUNNING.value:
-            row.done = event.done
-            if event.total is not None:
-                row.total = event.total
-    elif isinstance(event, ev.StageCompleted):
-        if row.status == StageStatus.PENDING.value:
-            _open_stage(row, event)
-        row.status = StageStatus.COMPLETED.value
-        row.finished_at = event.at
-        row.error = None
-        if row.total is not None:
-            row.done = row.total
-    elif row.status != StageStatus.FAILED.value:  # StageFailed
-        if row.status == StageStatus.PENDING.value:
-            _open_stage(row, event)
-        row.status = StageStatus.FAILED.value
-        row.finished_at = event.at
-        row.error = event.error
+    if row.status != StageStatus.COMPLETED.value:  # a completed stage stays completed: late events do not reopen it
+        _STAGE_TRANSITIONS[type(event)](row, event)
     if job.status not in _TERMINAL:
         _mark_running(job)
     _derive_stage_pointers(state)
+
+
+def _stage_started(row: StageRow, event: ev.StageStarted) -> None:
+    if row.status != StageStatus.RUNNING.value:
+        row.status = StageStatus.RUNNING.value
+        row.attempts += 1
+        row.started_at = row.started_at or event.at
+        row.finished_at = None
+        row.error = None
+    if event.total is not None:
+        row.total = event.total
+
+
+def _stage_progressed(row: StageRow, event: ev.StageProgress) -> None:
+    if row.status == StageStatus.PENDING.value:
+        _open_stage(row, event)
+    if row.status == StageStatus.RUNNING.value:
+        row.done = event.done
+        if event.total is not None:
+            row.total = event.total
+
+
+def _stage_completed(row: StageRow, event: ev.StageCompleted) -> None:
+    if row.status == StageStatus.PENDING.value:
+        _open_stage(row, event)
+    row.status = StageStatus.COMPLETED.value
+    row.finished_at = event.at
+    row.error = None
+    if row.total is not None:
+        row.done = row.total
+
+
+def _stage_failed(row: StageRow, event: ev.StageFailed) -> None:
+    if row.status == StageStatus.FAILED.value:
+        return
+    if row.status == StageStatus.PENDING.value:
+        _open_stage(row, event)
+    row.status = StageStatus.FAILED.value
+    row.finished_at = event.at
+    row.error = event.error
+
+
+_STAGE_TRANSITIONS = {
+    ev.StageStarted: _stage_started,
+    ev.StageProgress: _stage_progressed,
+    ev.StageCompleted: _stage_completed,
+    ev.StageFailed: _stage_failed,
+}
 
 
 def _open_stage(row: StageRow, event: ev.Event) -> None:
@@ -305,17 +309,29 @@ _TERMINAL_GENRE = frozenset(s.value for s in TERMINAL_GENRE_STATUSES)
 
 def history_entry(event: ev.Event) -> tuple[str, str | None, str | None] | None:
     """(status, stage, reason) of the job's status history for a lifecycle event, else None."""
-    match event:
-        case ev.JobStarted():
-            return (JobStatus.RUNNING.value, None, event.note)
-        case ev.StageStarted():
-            return (JobStatus.RUNNING.value, event.stage, None)
-        case ev.StageFailed():
-            return (JobStatus.FAILED.value, event.stage, event.error)
-        case ev.JobCompleted():
-            return (JobStatus.COMPLETED.value, None, None)
-        case ev.JobFailed():
-            return (JobStatus.FAILED.value, event.stage, event.error)
-        case ev.JobCancelled():
-            return (JobStatus.CANCELLED.value, None, event.reason)
-    return None
+    entry = _HISTORY.get(type(event))
+    return entry(event) if entry else None
+
+
+_HISTORY = {
+    ev.JobStarted: lambda e: (JobStatus.RUNNING.value, None, e.note),
+    ev.StageStarted: lambda e: (JobStatus.RUNNING.value, e.stage, None),
+    ev.StageFailed: lambda e: (JobStatus.FAILED.value, e.stage, e.error),
+    ev.JobCompleted: lambda e: (JobStatus.COMPLETED.value, None, None),
+    ev.JobFailed: lambda e: (JobStatus.FAILED.value, e.stage, e.error),
+    ev.JobCancelled: lambda e: (JobStatus.CANCELLED.value, None, e.reason),
+}
+
+_APPLY = {
+    ev.JobStarted: _job_started,
+    ev.JobCompleted: lambda state, e: _job_finished(state.job, e, JobStatus.COMPLETED),
+    ev.JobFailed: _job_failed,
+    ev.JobCancelled: lambda state, e: _job_finished(state.job, e, JobStatus.CANCELLED, error=e.reason),
+    ev.StageStarted: _stage_event,
+    ev.StageProgress: _stage_event,
+    ev.StageCompleted: _stage_event,
+    ev.StageFailed: _stage_event,
+    ev.GenreStatusChanged: _genre_event,
+    ev.JobHeartbeat: lambda state, e: _mark_running(state.job),
+    ev.ArticlesAdded: lambda state, e: _mark_running(state.job),
+}

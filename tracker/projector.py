@@ -34,12 +34,18 @@ class BatchResult(msgspec.Struct, kw_only=True):
         return self.received - self.applied
 
 
-async def project_batch(conn: asyncpg.Connection, events: Sequence[ev.AnyEvent]) -> BatchResult:
-    """Apply events (any order, duplicates allowed) in one transaction."""
+async def project_batch(
+    conn: asyncpg.Connection, events: Sequence[ev.AnyEvent], payloads: Sequence[bytes] | None = None
+) -> BatchResult:
+    """Apply events (any order, duplicates allowed) in one transaction.
+
+    `payloads` are the events' JSON as received, logged as they are; without
+    them the events are encoded again.
+    """
     result = BatchResult(received=len(events))
     async with conn.transaction():
         await conn.execute(store.LOCK_SHARED)
-        new_events = await _insert_into_log(conn, events)
+        new_events = await _insert_into_log(conn, events, payloads)
         if not new_events:
             return result
         by_job: dict[uuid.UUID, list[ev.AnyEvent]] = defaultdict(list)
@@ -74,8 +80,13 @@ def _all_follow(state: JobState, job_events: Iterable[ev.Event]) -> bool:
     return all(state.follows(e) for e in job_events)
 
 
-async def _insert_into_log(conn: asyncpg.Connection, events: Sequence[ev.AnyEvent]) -> list[ev.AnyEvent]:
-    unique = list({e.event_id: e for e in events}.values())
+async def _insert_into_log(
+    conn: asyncpg.Connection, events: Sequence[ev.AnyEvent], payloads: Sequence[bytes] | None
+) -> list[ev.AnyEvent]:
+    if payloads is None:
+        payloads = [ev.encode_event(e) for e in events]
+    by_id = {e.event_id: (e, p) for e, p in zip(events, payloads)}
+    unique = [e for e, _ in by_id.values()]
     inserted = await conn.fetch(
         store.INSERT_EVENTS,
         [e.event_id for e in unique],
@@ -83,7 +94,7 @@ async def _insert_into_log(conn: asyncpg.Connection, events: Sequence[ev.AnyEven
         [e.seq for e in unique],
         [e.__struct_config__.tag for e in unique],
         [e.at for e in unique],
-        [ev.encode_event(e).decode() for e in unique],
+        [p.decode() for _, p in by_id.values()],
     )
     new_ids = {r["event_id"] for r in inserted}
     return [e for e in unique if e.event_id in new_ids]
@@ -119,29 +130,11 @@ async def _refold(
 
 
 async def _upsert_articles(conn: asyncpg.Connection, new_events: Sequence[ev.AnyEvent]) -> dict[uuid.UUID, int]:
-    """Upsert reported articles; returns how many new articles each job got."""
-    latest: dict[tuple[uuid.UUID, str], tuple[int, ev.Article]] = {}
-    for event in new_events:
-        if isinstance(event, ev.ArticlesAdded):
-            for article in event.articles:
-                key = (event.job_id, article.article_id)
-                if key not in latest or latest[key][0] <= event.seq:  # the last mention wins
-                    latest[key] = (event.seq, article)
-    if not latest:
+    """Upsert the articles of new `articles.added` events; returns how many new articles each job got."""
+    ids = [e.event_id for e in new_events if type(e) is ev.ArticlesAdded]
+    if not ids:
         return {}
-    rows = await conn.fetch(
-        store.UPSERT_ARTICLES,
-        [k[0] for k in latest],
-        [k[1] for k in latest],
-        [a.feed_id for _, a in latest.values()],
-        [a.original_user_id for _, a in latest.values()],
-        [seq for seq, _ in latest.values()],
-    )
-    added: dict[uuid.UUID, int] = defaultdict(int)
-    for r in rows:
-        if r["inserted"]:
-            added[r["job_id"]] += 1
-    return added
+    return {r["job_id"]: r["added"] for r in await conn.fetch(store.UPSERT_ARTICLES_OF_EVENTS, ids)}
 
 
 async def write_states(conn: asyncpg.Connection, states: Sequence[JobState]) -> None:

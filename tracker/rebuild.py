@@ -27,8 +27,7 @@ async def rebuild(conn: asyncpg.Connection, progress: Progress | None = None) ->
         await conn.execute(store.LOCK_EXCLUSIVE)
         total = await conn.fetchval(store.COUNT_EVENTS)
         await conn.execute(store.TRUNCATE_PROJECTION)
-        await conn.execute(store.REBUILD_ARTICLES)
-        article_counts = {r["job_id"]: r["n"] for r in await conn.fetch(store.ARTICLE_COUNTS)}
+        article_counts = {r["job_id"]: r["added"] for r in await conn.fetch(store.REBUILD_ARTICLES)}
         folder = _JobFolder(conn, article_counts)
         async for record in conn.cursor(store.ALL_EVENTS_BY_JOB, prefetch=5_000):
             await folder.add(record["job_id"], ev.decode_event(record["payload"]))

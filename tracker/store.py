@@ -36,7 +36,7 @@ LOCK_JOBS = f"SELECT count(pg_advisory_xact_lock({JOB_LOCK_NAMESPACE}, k)) FROM 
 
 INSERT_EVENTS = """
 INSERT INTO recap_events (event_id, job_id, seq, type, at, payload)
-SELECT e, j, s, t, a, p::jsonb
+SELECT e, j, s, t, a, p::json
 FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::timestamptz[], $6::text[])
     AS u(e, j, s, t, a, p)
 ON CONFLICT (event_id) DO NOTHING
@@ -51,7 +51,7 @@ LOAD_GENRES = _select("recap_job_genres", GENRE_COLUMNS, "job_id = ANY($1::uuid[
 # fold counts those events but does not read them.
 LOAD_JOB_LOG = """
 SELECT job_id, CASE WHEN type = 'articles.added'
-                    THEN jsonb_set(payload, '{articles}', '[]'::jsonb)
+                    THEN jsonb_set(payload::jsonb, '{articles}', '[]'::jsonb)::json
                     ELSE payload END::text AS payload
 FROM recap_events WHERE job_id = ANY($1::uuid[])
 """
@@ -60,16 +60,34 @@ UPSERT_JOB = _upsert("recap_jobs", JOB_COLUMNS, ["job_id"])
 UPSERT_STAGE = _upsert("recap_job_stages", STAGE_COLUMNS, ["job_id", "stage"])
 UPSERT_GENRE = _upsert("recap_job_genres", GENRE_COLUMNS, ["job_id", "genre"])
 
-# Same article reported twice: the report with the higher seq wins. `xmax = 0`
-# is true for a row this statement inserted (not updated).
-UPSERT_ARTICLES = """
-INSERT INTO recap_job_articles AS a (job_id, article_id, feed_id, original_user_id, seq)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::bigint[])
-ON CONFLICT (job_id, article_id) DO UPDATE
-    SET feed_id = EXCLUDED.feed_id, original_user_id = EXCLUDED.original_user_id, seq = EXCLUDED.seq
-    WHERE EXCLUDED.seq > a.seq
-RETURNING job_id, (xmax = 0) AS inserted
+
+def _articles_from_log(where: str) -> str:
+    """Upsert the articles listed by logged `articles.added` events.
+
+    The same article reported twice: the report with the higher (seq, event_id)
+    wins, the order the fold uses, and within one event the last mention. Returns the number of new articles per job (`xmax = 0`
+    marks a row inserted rather than updated).
+    """
+    return f"""
+WITH upserted AS (
+    INSERT INTO recap_job_articles AS a (job_id, article_id, feed_id, original_user_id, seq, event_id)
+    SELECT DISTINCT ON (e.job_id, x.v->>'article_id')
+           e.job_id, x.v->>'article_id', (x.v->>'feed_id')::uuid, (x.v->>'original_user_id')::uuid,
+           e.seq, e.event_id
+    FROM recap_events e, json_array_elements(e.payload->'articles') WITH ORDINALITY AS x(v, n)
+    WHERE e.type = 'articles.added' AND {where}
+    ORDER BY e.job_id, x.v->>'article_id', e.seq DESC, e.event_id DESC, x.n DESC
+    ON CONFLICT (job_id, article_id) DO UPDATE
+        SET feed_id = EXCLUDED.feed_id, original_user_id = EXCLUDED.original_user_id,
+            seq = EXCLUDED.seq, event_id = EXCLUDED.event_id
+        WHERE (EXCLUDED.seq, EXCLUDED.event_id) > (a.seq, a.event_id)
+    RETURNING job_id, (xmax = 0) AS inserted
+)
+SELECT job_id, count(*) FILTER (WHERE inserted)::int AS added FROM upserted GROUP BY job_id
 """
+
+
+UPSERT_ARTICLES_OF_EVENTS = _articles_from_log("e.event_id = ANY($1::uuid[])")
 
 INSERT_HISTORY = """
 INSERT INTO recap_job_status_history (job_id, event_id, seq, status, stage, transitioned_at, reason)
@@ -94,15 +112,7 @@ PROJECTION_TABLES = (
 TRUNCATE_PROJECTION = f"TRUNCATE {', '.join(PROJECTION_TABLES)} RESTART IDENTITY"
 COUNT_EVENTS = "SELECT count(*) FROM recap_events"
 ALL_EVENTS_BY_JOB = "SELECT job_id, payload::text FROM recap_events ORDER BY job_id, seq, event_id"
-REBUILD_ARTICLES = """
-INSERT INTO recap_job_articles (job_id, article_id, feed_id, original_user_id, seq)
-SELECT DISTINCT ON (e.job_id, a.v->>'article_id')
-       e.job_id, a.v->>'article_id', (a.v->>'feed_id')::uuid, (a.v->>'original_user_id')::uuid, e.seq
-FROM recap_events e, jsonb_array_elements(e.payload->'articles') WITH ORDINALITY AS a(v, n)
-WHERE e.type = 'articles.added'
-ORDER BY e.job_id, a.v->>'article_id', e.seq DESC, a.n DESC
-"""
-ARTICLE_COUNTS = "SELECT job_id, count(*)::int AS n FROM recap_job_articles GROUP BY job_id"
+REBUILD_ARTICLES = _articles_from_log("true")
 
 
 def job_lock_keys(job_ids: Sequence[uuid.UUID]) -> list[int]:
