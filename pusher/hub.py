@@ -184,6 +184,7 @@ class Hub:
         self._snapshot_slots = asyncio.Semaphore(self.options.snapshot_concurrency)
         self._statuses: OrderedDict[uuid.UUID, str] = OrderedDict()
         self._stats_dirty = asyncio.Event()
+        self._stats_cache: dict[Scope, asyncio.Future[bytes]] = {}
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -358,24 +359,41 @@ class Hub:
             job = change.job
             if self._statuses.get(job.job_id) != job.status:
                 self._statuses[job.job_id] = job.status
+                self._stats_cache.clear()
                 self._stats_dirty.set()
             self._statuses.move_to_end(job.job_id)
         while len(self._statuses) > _STATUSES_KEPT:
             self._statuses.popitem(last=False)
 
-    async def _stats_loop(self) -> None:
+    async def stats(self, scope: Scope) -> bytes | None:
+        """The encoded `stats` message for a scope, as of the last job status change
+        (shared by every subscriber of the scope); None when the hub has no stats."""
+        if self._stats_fn is None:
+            return None
+        future = self._stats_cache.get(scope)
+        if future is None or (future.done() and (future.cancelled() or future.exception() is not None)):
+            future = asyncio.ensure_future(self._take_stats(scope))
+            future.add_done_callback(_retrieve)
+            self._stats_cache[scope] = future
+        return await asyncio.shield(future)
+
+    async def _take_stats(self, scope: Scope) -> bytes:
         assert self._stats_fn is not None
+        async with self._snapshot_slots:
+            return encode(Stats(stats=msgspec.Raw(await self._stats_fn(scope))))
+
+    async def _stats_loop(self) -> None:
         while True:
             await self._stats_dirty.wait()
             self._stats_dirty.clear()
             started = time.monotonic()
             for scope in list(self.groups):
                 try:
-                    data = await self._stats_fn(scope)
-                except Exception as exc:  # stats are best effort; the next change retries
+                    data = await self.stats(scope)
+                except Exception as exc:  # stats are best effort; the next status change retries
                     log.warning("pusher: stats for %s failed: %s", scope, exc)
                     continue
-                frame = Frame(None, None, encode(Stats(stats=msgspec.Raw(data))))
+                frame = Frame(None, None, data)
                 for sub in list(self.groups.get(scope, ())):
                     sub.offer(frame)
             await asyncio.sleep(max(0.0, self.options.stats_interval - (time.monotonic() - started)))

@@ -25,8 +25,9 @@ async def serve(hub: Hub, sub: Subscriber, cursor: Cursor | None, send: Send) ->
     """Send this subscription's messages until cancelled.
 
     With a cursor of the current epoch whose changes are all still in the
-    stream, the first message is `resumed` (the missed changes); otherwise a
-    `snapshot`. Raises TooSlow when the client stops reading.
+    stream, the first message is `resumed` (the missed changes, followed by
+    the current stats); otherwise a `snapshot`. Raises
+    TooSlow when the client stops reading.
     """
     position = hub.attach(sub)
     try:
@@ -41,6 +42,8 @@ async def serve(hub: Hub, sub: Subscriber, cursor: Cursor | None, send: Send) ->
             else:
                 resumed_at = Cursor(position.epoch, max(cursor.offset, position.offset))
                 await _send(sub, send, encode(Resumed(cursor=resumed_at, changes=missed)))
+                if (stats := await hub.stats(sub.scope)) is not None:
+                    await _send(sub, send, stats)  # it may have missed a stats push
         await _drain(hub, sub, send)
     finally:
         hub.detach(sub)
