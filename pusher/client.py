@@ -96,7 +96,7 @@ async def follow(
     state: PushState,
     stop: asyncio.Event,
     filters: dict[str, Any] | None = None,
-    max_backoff: float = 10.0,
+    max_backoff: float = 30.0,
 ) -> None:
     """Stay subscribed until `stop`: resume with the cursor after every disconnect,
     waiting a random time up to an exponentially growing bound between attempts."""
