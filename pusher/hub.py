@@ -180,7 +180,7 @@ class Hub:
         self.groups: dict[Scope, set[Subscriber]] = {}
         self._snapshot_fn = snapshot
         self._stats_fn = stats
-        self._snapshots: dict[Scope, asyncio.Future[tuple[bytes, bytes]]] = {}
+        self._snapshots: dict[Scope, asyncio.Future[tuple[Cursor, bytes, bytes]]] = {}  # not yet started
         self._snapshot_slots = asyncio.Semaphore(self.options.snapshot_concurrency)
         self._statuses: OrderedDict[uuid.UUID, str] = OrderedDict()
         self._stats_dirty = asyncio.Event()
@@ -268,7 +268,6 @@ class Hub:
         return len(entries)
 
     def _dispatch(self, changes: list[Change], cursor: Cursor) -> None:
-        self._snapshots.clear()  # taken before these changes: no longer valid for new subscribers
         frames: dict[tuple, Frame | None] = {}
         for scope, group in self.groups.items():
             key = scope.filter_key
@@ -287,7 +286,6 @@ class Hub:
         epoch = await self._current_epoch()
         self.epoch, self.offset = epoch, await self._last_offset()
         log.warning("pusher: delta history lost (%s); epoch %s, resyncing %d subscribers", reason, epoch, self.subscriber_count)
-        self._snapshots.clear()
         for sub in self.subscribers():
             sub.resync(reason)
 
@@ -336,21 +334,24 @@ class Hub:
     async def snapshot(self, scope: Scope) -> tuple[Cursor, bytes, bytes]:
         """A snapshot of `scope` reflecting at least every change up to the returned cursor.
 
-        Subscribers asking for the same scope before the next change arrives share
-        one query (a resync of every client after an epoch change is one query per scope).
+        Callers join the scope's next query that has not started yet, so a storm of
+        subscribers (say, every client resyncing after an epoch change) costs one
+        query per scope at a time, not one per subscriber.
         """
-        position = self.position
         future = self._snapshots.get(scope)
-        if future is None or (future.done() and (future.cancelled() or future.exception() is not None)):
+        if future is None or future.done():
             future = asyncio.ensure_future(self._take_snapshot(scope))
             future.add_done_callback(_retrieve)
             self._snapshots[scope] = future
-        progress, jobs = await asyncio.shield(future)
-        return position, progress, jobs
+        return await asyncio.shield(future)
 
-    async def _take_snapshot(self, scope: Scope) -> tuple[bytes, bytes]:
+    async def _take_snapshot(self, scope: Scope) -> tuple[Cursor, bytes, bytes]:
         async with self._snapshot_slots:
-            return await self._snapshot_fn(scope)
+            if self._snapshots.get(scope) is asyncio.current_task():
+                del self._snapshots[scope]  # started: later callers attached after `position`
+            position = self.position  # read before the query: the query sees every change up to it
+            progress, jobs = await self._snapshot_fn(scope)
+            return position, progress, jobs
 
     # --- stats ------------------------------------------------------------------------
 
