@@ -48,7 +48,7 @@ def job_histories(draw: st.DrawFn) -> list[ev.AnyEvent]:
     genres = draw(st.lists(st.sampled_from(["tech", "sports", "world", "<b>x</b>"]), unique=True, max_size=3))
     script.emit("job.started", kind=draw(st.sampled_from(["recap", "morning"])),
                     trigger_source="user" if user else "system",
-                    **({"user_id": str(user)} if user else {}), genres=genres, note=draw(st.none() | st.text(max_size=5)))
+                    **({"user_id": str(user)} if user else {}), genres=genres, note=draw(st.none() | st.text(st.characters(blacklist_characters="\x00"), max_size=5)))
     n_stages = draw(st.integers(0, len(DEFAULT_STAGES)))
     for stage in DEFAULT_STAGES[:n_stages]:
         total = draw(st.none() | st.integers(1, 1000))

@@ -214,7 +214,7 @@ class Consumer:
         except msgspec.DecodeError as exc:
             return None, f"not valid JSON: {exc}"
         except msgspec.ValidationError as exc:
-            return None, f"invalid event: {exc}"
+            return None, "invalid event: " + str(exc).replace(f"matching regex '{ev.NO_NUL}'", "without NUL characters")
 
     async def _project(self, valid: list[Decoded]) -> BatchResult:
         try:

@@ -18,10 +18,14 @@ from .statuses import GenrePhase, GenreStatus, JobKind, TriggerSource
 #: The one field of a stream entry that carries the event's JSON.
 EVENT_FIELD = "event"
 
+# Postgres text cannot hold NUL; such an event is rejected here, with a reason,
+# rather than failing later inside a batch.
+NO_NUL = r"^[^\x00]*$"
+
 Seq = Annotated[int, Meta(ge=0, le=2**62)]
 Timestamp = Annotated[datetime, Meta(tz=True)]
-Name = Annotated[str, Meta(min_length=1, max_length=128)]
-Text = Annotated[str, Meta(max_length=8_192)]
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)]
+Text = Annotated[str, Meta(max_length=8_192, pattern=NO_NUL)]
 Count = Annotated[int, Meta(ge=0, le=2**62)]
 
 
@@ -91,7 +95,7 @@ class GenreStatusChanged(Event, tag="genre.status"):
 
 
 class Article(msgspec.Struct, frozen=True, kw_only=True):
-    article_id: Annotated[str, Meta(min_length=1, max_length=256)]
+    article_id: Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_NUL)]
     feed_id: uuid.UUID | None = None
     original_user_id: uuid.UUID | None = None
 

@@ -40,6 +40,7 @@ async def test_each_kind_of_bad_entry_is_dead_lettered_and_valid_ones_around_it_
         "wrong type": {"event": json.dumps({**base, "seq": "seven"}).encode()},
         "bad uuid": {"event": json.dumps({**base, "job_id": "not-a-uuid"}).encode()},
         "negative seq": {"event": json.dumps({**base, "seq": -1}).encode()},
+        "NUL in text": {"event": json.dumps({**base, "stage": "fe\u0000tch"}).encode()},
         "oversized": {"event": json.dumps({**base, "pad": "x" * (settings.max_event_bytes + 1)}).encode()},
     }
     await redis.xadd(settings.events_stream, good("job.started"))
@@ -59,7 +60,7 @@ async def test_each_kind_of_bad_entry_is_dead_lettered_and_valid_ones_around_it_
     assert len(reasons) == len(bad_entries)
     for reason, expected in zip(reasons, ["no 'event' field", "not valid JSON", "Invalid value 'job.exploded'",
                                           "missing required field `stage`", "Expected `int`", "Invalid UUID",
-                                          "Expected `int` >= 0", "over the limit"]):
+                                          "Expected `int` >= 0", "Expected `str` without NUL characters", "over the limit"]):
         assert expected in reason
     assert applied == len(job.events) == 2 + len(bad_entries)
     assert status == "completed"
