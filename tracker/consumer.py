@@ -211,10 +211,10 @@ class Consumer:
             return None, f"event is {len(raw)} bytes, over the limit of {self.settings.max_event_bytes}"
         try:
             return ev.decode_event(raw), ""
+        except msgspec.ValidationError as exc:
+            return None, "invalid event: " + str(exc).replace(f"matching regex {ev.NO_NUL!r}", "without NUL characters")
         except msgspec.DecodeError as exc:
             return None, f"not valid JSON: {exc}"
-        except msgspec.ValidationError as exc:
-            return None, "invalid event: " + str(exc).replace(f"matching regex '{ev.NO_NUL}'", "without NUL characters")
 
     async def _project(self, valid: list[Decoded]) -> BatchResult:
         try:

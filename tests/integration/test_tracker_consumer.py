@@ -58,8 +58,8 @@ async def test_each_kind_of_bad_entry_is_dead_lettered_and_valid_ones_around_it_
         applied = await conn.fetchval("SELECT count(*) FROM recap_events")
         status = await conn.fetchval("SELECT status FROM recap_jobs WHERE job_id = $1", job.job_id)
     assert len(reasons) == len(bad_entries)
-    for reason, expected in zip(reasons, ["no 'event' field", "not valid JSON", "Invalid value 'job.exploded'",
-                                          "missing required field `stage`", "Expected `int`", "Invalid UUID",
+    for reason, expected in zip(reasons, ["no 'event' field", "not valid JSON", "invalid event: Invalid value 'job.exploded'",
+                                          "invalid event: Object missing required field `stage`", "Expected `int`", "Invalid UUID",
                                           "Expected `int` >= 0", "Expected `str` without NUL characters", "over the limit"]):
         assert expected in reason
     assert applied == len(job.events) == 2 + len(bad_entries)
