@@ -1,20 +1,10 @@
-# `make test` is what CI runs (.ci/run); `make demo` starts the whole system locally.
+# Shorthands for tasks.py, which needs nothing but Python (CI runs `python3 tasks.py test`).
 PYTHON ?= python3
-VENV := .venv
 
-.PHONY: venv test demo
+.PHONY: test demo
 
-venv: $(VENV)/.installed
+test:
+	$(PYTHON) tasks.py test $(PYTEST_ARGS)
 
-# Re-installs only when pyproject.toml changed since the last install.
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
-	touch $@
-
-test: venv
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
-
-demo: venv
-	$(VENV)/bin/recap-status demo
+demo:
+	$(PYTHON) tasks.py demo
