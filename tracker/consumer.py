@@ -124,6 +124,13 @@ class Consumer:
                     await self.handle(entries)
                 await self._maybe_trim()
                 backoff = 0.1
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost the stream (restarted without persistence, or flushed).
+                prefetch = await _discard(prefetch)
+                log.warning("tracker: consumer group is gone (%s); creating it again", exc)
+                await self.setup()
             except _CONNECTION_ERRORS + (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
                 prefetch = await _discard(prefetch)
                 self._own_pending_done = False  # what was read but not applied is pending: read it again

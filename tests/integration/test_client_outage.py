@@ -194,3 +194,47 @@ async def test_emit_command_writes_one_event(valkey: Valkey, capsys: pytest.Capt
     valkey.stop()
     assert await emit.run(args, Settings(redis_url=valkey.url, events_stream=STREAM)) == 1
     assert "cannot write to Redis" in capsys.readouterr().err
+
+
+async def test_state_changes_emitted_during_an_outage_are_projected(valkey: Valkey, pg_pool: Any, database_url: str) -> None:
+    """The tracker runs throughout; Redis restarts empty; the projection still gets every state change."""
+    from tracker.consumer import Consumer
+    from tracker.settings import load_settings
+
+    import redis.asyncio as aioredis
+
+    settings = load_settings({}, database_url=database_url, redis_url=valkey.url, events_stream=STREAM,
+                             block_ms=100, claim_idle_ms=1_000)
+    stop = asyncio.Event()
+    tracker_redis = aioredis.from_url(valkey.url, socket_timeout=1)
+    consumer = Consumer(settings, tracker_redis, pg_pool)
+    projecting = asyncio.create_task(consumer.run(stop))
+    try:
+        async with Tracker.connect(valkey.url, STREAM, socket_timeout=0.5, max_backoff=0.5) as tracker:
+            async with tracker.job(genres=["tech"]) as job:
+                async with job.stage("fetch", total=10) as stage:
+                    stage.advance(10)
+                assert await tracker.flush(2)
+                valkey.stop()
+                async with job.stage("preprocess"):
+                    await job.genre("tech", status="running", phase="clustering")
+                    await job.genre("tech", status="partial", cluster_count=2)
+                await asyncio.sleep(OUTAGE)
+                valkey.start()
+            assert await tracker.flush(5)
+        deadline = time.monotonic() + 15
+        async with pg_pool.acquire() as conn:
+            while time.monotonic() < deadline:
+                row = await conn.fetchrow("SELECT status, last_stage FROM recap_jobs WHERE job_id = $1", job.job_id)
+                if row and row["status"] == "completed":
+                    break
+                await asyncio.sleep(0.1)
+            stages = dict(await conn.fetch("SELECT stage, status FROM recap_job_stages WHERE job_id = $1", job.job_id))
+            genre = await conn.fetchrow("SELECT status, attempts, cluster_count FROM recap_job_genres WHERE job_id = $1", job.job_id)
+        assert row is not None and dict(row) == {"status": "completed", "last_stage": "preprocess"}
+        assert stages == {"fetch": "completed", "preprocess": "completed"}
+        assert dict(genre) == {"status": "partial", "attempts": 1, "cluster_count": 2}
+    finally:
+        stop.set()
+        await asyncio.wait_for(projecting, 10)
+        await tracker_redis.aclose()
