@@ -104,4 +104,22 @@ async def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await conn.close()
     print(f"rebuilt the projection from {folded} events")
+    if settings.redis_url:
+        await _start_new_epoch(settings)
+    else:
+        print("REDIS_URL is not set: connected dashboards keep their state until they reconnect")
     return 0
+
+
+async def _start_new_epoch(settings: Settings) -> None:
+    """Live clients hold state from before the rebuild: a new epoch sends them fresh snapshots."""
+    import redis.asyncio as aioredis
+
+    from pusher.publish import new_epoch
+
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        epoch = await new_epoch(redis, settings)
+    finally:
+        await redis.aclose()
+    print(f"live clients resynchronise: delta epoch is now {epoch}")

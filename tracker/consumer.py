@@ -84,6 +84,7 @@ class Consumer:
         self._own_pending_done = False
         self._last_claim = 0.0
         self._last_trim = 0.0
+        self._stalled: set = set()
 
     async def setup(self) -> None:
         """Create the consumer group (and the stream) if they do not exist."""
@@ -101,7 +102,7 @@ class Consumer:
         entries = await self._next_entries(block_ms)
         if entries:
             await self.handle(entries)
-        await self._maybe_trim()
+        await self._housekeeping()
         return len(entries)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -122,7 +123,7 @@ class Consumer:
                     prefetch = asyncio.create_task(self._next_entries(None))
                 if entries:
                     await self.handle(entries)
-                await self._maybe_trim()
+                await self._housekeeping()
                 backoff = 0.1
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -271,15 +272,30 @@ class Consumer:
 
     # --- housekeeping -----------------------------------------------------------
 
-    async def _maybe_trim(self) -> None:
-        """Trim entries every consumer has acknowledged: the events stream stays small
-        without ever dropping an entry that was not projected."""
+    async def _housekeeping(self) -> None:
+        """Every few seconds: trim acknowledged entries, report stalled jobs."""
         if time.monotonic() - self._last_trim < _TRIM_EVERY_S:
             return
         self._last_trim = time.monotonic()
+        await self._trim_acknowledged()
+        await self._report_stalled()
+
+    async def _trim_acknowledged(self) -> None:
+        """Trim entries the group has acknowledged: the events stream stays small
+        without ever dropping an entry that was not projected."""
         min_id = await self._oldest_unacknowledged()
         if min_id is not None:
             await self.redis.xtrim(self.stream, minid=min_id, approximate=True)
+
+    async def _report_stalled(self) -> None:
+        async with self.pool.acquire() as conn:
+            stalled = {r["job_id"] for r in await conn.fetch(store.STALLED_JOBS, self.settings.stall_after)}
+        if stalled - self._stalled:
+            log.warning(
+                "tracker: %d job(s) stalled, no event for over %.0fs: %s",
+                len(stalled), self.settings.stall_after, ", ".join(sorted(map(str, stalled))),
+            )
+        self._stalled = stalled
 
     async def _oldest_unacknowledged(self) -> bytes | None:
         groups = await self.redis.xinfo_groups(self.stream)

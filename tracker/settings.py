@@ -38,6 +38,7 @@ ENV_NAMES: dict[str, str] = {
     "max_deliveries": "RECAP_MAX_DELIVERIES",
     "max_event_bytes": "RECAP_MAX_EVENT_BYTES",
     "stall_after": "RECAP_STALL_AFTER",
+    "poll_cache_ms": "RECAP_POLL_CACHE_MS",
     "log_every": "RECAP_LOG_EVERY",
     "data_dir": "RECAP_DATA_DIR",
     "retention_days": "RECAP_RETENTION_DAYS",
@@ -74,6 +75,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_deliveries: PositiveInt = 5
     max_event_bytes: Annotated[int, Meta(ge=256)] = 64 * 1024
     stall_after: Seconds = 300.0
+    #: Identical REST polls within this many ms share one answer (0: off).
+    poll_cache_ms: Annotated[int, Meta(ge=0, le=60_000)] = 1_000
     log_every: Seconds = 10.0
     data_dir: str = "/var/tmp/recap-status"
     retention_days: Seconds = 30.0

@@ -95,6 +95,12 @@ SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[
 ON CONFLICT (event_id) DO NOTHING
 """
 
+STALLED_JOBS = """
+SELECT job_id FROM recap_jobs
+WHERE status IN ('pending', 'running') AND last_event_at < now() - make_interval(secs => $1)
+ORDER BY last_event_at LIMIT 20
+"""
+
 INSERT_DEAD_LETTER = """
 INSERT INTO recap_dead_letters (stream_id, reason, payload) VALUES ($1, $2, $3)
 ON CONFLICT (stream_id) DO NOTHING

@@ -129,3 +129,19 @@ async def test_a_resent_event_is_applied_once(settings: Settings, redis: aioredi
         assert await conn.fetchval("SELECT article_count FROM recap_jobs WHERE job_id = $1", job.job_id) == 2
         assert await conn.fetchval("SELECT count(*) FROM recap_events") == 1
     assert consumer.counters.duplicates == copies - 1
+
+
+async def test_a_job_without_events_for_stall_after_is_reported_stalled(
+    settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    quiet = JobScript()  # its events are from weeks ago (factories.T0)
+    await redis.xadd(settings.events_stream, {"event": valid_json(quiet, "job.started")})
+    finished = JobScript()
+    await redis.xadd(settings.events_stream, {"event": valid_json(finished, "job.started")})
+    await redis.xadd(settings.events_stream, {"event": valid_json(finished, "job.completed")})
+    consumer = Consumer(settings, redis, pg_pool)
+    await consumer.setup()
+    await drain(consumer)
+    await consumer._housekeeping()
+    stalled = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+    assert len(stalled) == 1 and str(quiet.job_id) in stalled[0] and str(finished.job_id) not in stalled[0]
