@@ -18,7 +18,8 @@ from tracker.settings import Settings
 
 from .auth import auth_middleware, load_tokens
 from .errors import error_middleware
-from .keys import METRICS, OPENAPI, POOL, REDIS, SETTINGS, TOKENS
+from .cache import ResponseCache
+from .keys import CACHE, METRICS, OPENAPI, POOL, REDIS, SETTINGS, TOKENS
 from .metrics import Metrics, metrics_middleware
 from .openapi import encode_document
 from .routes import setup_dashboard, setup_routes
@@ -28,6 +29,9 @@ log = logging.getLogger("web")
 POOL_SIZE = 10
 CONNECT_TIMEOUT = 5.0
 QUERY_TIMEOUT = 10.0
+#: The API's queries touch a few hundred rows each: a parallel worker or a JIT
+#: compilation would cost more (milliseconds) than the query itself.
+SESSION_SETTINGS = {"max_parallel_workers_per_gather": "0", "jit": "off", "application_name": "recap-status web"}
 #: The API takes no request bodies; anything bigger than this is refused.
 MAX_REQUEST_BYTES = 64 * 1024
 
@@ -43,11 +47,13 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[TOKENS] = load_tokens(settings)
     app[METRICS] = Metrics()
+    app[CACHE] = ResponseCache(ttl=settings.poll_cache_ms / 1000)
     app.cleanup_ctx.append(postgres_pool)
     app.cleanup_ctx.append(redis_client)
     setup_routes(app)
     _setup_push(app)
     setup_dashboard(app)
+    app.on_response_prepare.append(_dashboard_headers)
     app[OPENAPI] = encode_document(app)
     if not len(app[TOKENS]):
         log.warning("web: no tokens configured (RECAP_TOKENS / RECAP_TOKENS_FILE): every API call will get 401")
@@ -62,6 +68,8 @@ async def postgres_pool(app: web.Application) -> AsyncIterator[None]:
         max_size=POOL_SIZE,
         timeout=CONNECT_TIMEOUT,
         command_timeout=QUERY_TIMEOUT,
+        server_settings=SESSION_SETTINGS,
+        reset=_keep_session,
     )
     app[POOL] = pool
     yield
@@ -71,11 +79,32 @@ async def postgres_pool(app: web.Application) -> AsyncIterator[None]:
         pool.terminate()
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release (a round trip per request): nothing here
+    changes session state (no SET, LISTEN, advisory locks or cursors), and asyncpg
+    still rolls back a transaction left open."""
+
+
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
     client = aioredis.from_url(app[SETTINGS].redis_url, socket_timeout=5.0, socket_connect_timeout=CONNECT_TIMEOUT)
     app[REDIS] = client
     yield
     await client.aclose()
+
+
+async def _dashboard_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The page and its files: only this origin's scripts (none inline), styles and socket;
+    no Referer (the first request's URL may hold ?token=); revalidate files after a deploy."""
+    if request.match_info.route.name not in ("index", "static"):
+        return
+    socket = f"ws://{request.host} wss://{request.host}"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        f"connect-src 'self' {socket}; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
+    )
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault("Cache-Control", "no-cache")
 
 
 def _setup_push(app: web.Application) -> None:

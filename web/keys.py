@@ -12,6 +12,7 @@ from tracker.settings import Settings
 
 if TYPE_CHECKING:  # both modules import this one
     from .auth import Principal, TokenTable
+    from .cache import ResponseCache
     from .metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,6 +22,8 @@ REDIS = web.AppKey("redis", aioredis.Redis)
 TOKENS: web.AppKey[TokenTable] = web.AppKey("tokens")
 #: This application's Prometheus registry and instruments.
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+#: Answers of identical polls, shared for RECAP_POLL_CACHE_MS.
+CACHE: web.AppKey[ResponseCache] = web.AppKey("cache")
 #: The encoded OpenAPI document, built once all routes are registered.
 OPENAPI = web.AppKey("openapi", bytes)
 

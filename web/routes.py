@@ -18,9 +18,9 @@ from tracker.events import event_json_schema
 from tracker.migrate import pending
 
 from . import api
-from .auth import authenticate, require_admin
+from .auth import authenticate, effective_user, require_admin
 from .errors import UNAVAILABLE_ERRORS, json_response
-from .keys import METRICS, OPENAPI, POOL, REDIS, SETTINGS
+from .keys import CACHE, METRICS, OPENAPI, POOL, REDIS, SETTINGS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .params import DEFAULT_EVENTS, DEFAULT_LIMIT, MAX_EVENTS, MAX_LIMIT, int_param, path_uuid, progress_params, stats_params
 from .shapes import ErrorDetail, Health
@@ -32,24 +32,36 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 @asynccontextmanager
-async def connection(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection for one request."""
-    async with request.app[POOL].acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+async def connection(app: web.Application) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection, waiting at most ACQUIRE_TIMEOUT for one."""
+    async with app[POOL].acquire(timeout=ACQUIRE_TIMEOUT) as conn:
         yield conn
 
 
 async def job_progress(request: web.Request) -> web.Response:
+    principal = authenticate(request)
     params = progress_params(request.query, request.app[SETTINGS])
-    async with connection(request) as conn:
-        body = await api.job_progress_response(conn, authenticate(request), params)
-    return json_response(body)
+    user = effective_user(principal, params.user_id)  # a 403 before any cached answer
+
+    async def compute() -> bytes:
+        async with connection(request.app) as conn:
+            return msgspec.json.encode(await api.job_progress_response(conn, principal, params))
+
+    body = await request.app[CACHE].get(("job-progress", user, params), compute)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def job_stats(request: web.Request) -> web.Response:
+    principal = authenticate(request)
     params = stats_params(request.query, request.app[SETTINGS])
-    async with connection(request) as conn:
-        body = await api.job_stats_response(conn, authenticate(request), params)
-    return json_response(body)
+    user = effective_user(principal, params.user_id)
+
+    async def compute() -> bytes:
+        async with connection(request.app) as conn:
+            return msgspec.json.encode(await api.job_stats_response(conn, principal, params))
+
+    body = await request.app[CACHE].get(("job-stats", user, params), compute)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def job_detail(request: web.Request) -> web.Response:
@@ -58,7 +70,7 @@ async def job_detail(request: web.Request) -> web.Response:
         events=int_param(request.query, "events", DEFAULT_EVENTS, 0, MAX_EVENTS),
         stall_after=request.app[SETTINGS].stall_after,
     )
-    async with connection(request) as conn:
+    async with connection(request.app) as conn:
         body = await api.job_detail_response(conn, authenticate(request), params)
     return json_response(body)
 
@@ -67,7 +79,7 @@ async def dead_letters(request: web.Request) -> web.Response:
     principal = authenticate(request)
     require_admin(principal)  # before parsing: a user token learns nothing about the parameters
     limit = int_param(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    async with connection(request) as conn:
+    async with connection(request.app) as conn:
         body = await api.dead_letters_response(conn, principal, limit)
     return json_response(body)
 
@@ -93,7 +105,7 @@ async def health_ready(request: web.Request) -> web.Response:
     """Ready when Postgres answers with every migration applied and Redis answers PING."""
     checks = {"postgres": "ok", "migrations": "ok", "redis": "ok"}
     try:
-        async with asyncio.timeout(READY_TIMEOUT), connection(request) as conn:
+        async with asyncio.timeout(READY_TIMEOUT), connection(request.app) as conn:
             missing = await pending(conn)
         if missing:
             checks["migrations"] = f"pending: {', '.join(missing)}"

@@ -23,8 +23,10 @@ from web.openapi import OPERATIONS, STATIC_PATH, build_document, registered_oper
 from tests.integration.test_api_support import (
     ADMIN,
     ALICE,
+    ALICE_ID,
     METRICS,
     Api,
+    QueryCounter,
     api,  # noqa: F401 - fixture
     api_settings,
     project,
@@ -190,3 +192,19 @@ async def test_many_apps_have_their_own_metrics(settings: Settings) -> None:
         await one.get("/health/live")
         async with two.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"}) as response:
             assert "health/live" not in await response.text()
+
+
+async def test_poll_cache_shares_answers_within_a_scope_only(settings: Settings, pg_pool: asyncpg.Pool) -> None:
+    alices = script(300, user_id=ALICE_ID)
+    await project(pg_pool, alices, script(200))
+    async for api in serve(api_settings(settings, poll_cache_ms=60_000)):
+        first = await api.ok(PROGRESS)
+        await project(pg_pool, script(100))
+        with QueryCounter(api.client.server.app[POOL]) as counter:
+            again = await api.ok(PROGRESS)
+        assert again == first and counter.queries == []  # the same view within the TTL: no query
+        assert len((await api.ok(PROGRESS, limit=10))["recent_jobs"]) == 3  # other parameters: computed
+        mine = await api.ok(PROGRESS, token=ALICE)  # another scope never gets the admin's answer
+        assert [j["job_id"] for j in mine["recent_jobs"]] == [str(alices.job_id)]
+        assert (await api.get(PROGRESS, token=ALICE, user_id=str(uuid.uuid4())))[0] == 403  # checked before the cache
+        assert (await api.ok(PROGRESS, user_id=str(ALICE_ID)))["recent_jobs"] == mine["recent_jobs"]

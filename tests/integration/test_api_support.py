@@ -31,8 +31,11 @@ TOKENS = f"{ADMIN}=admin,{ALICE}=user:{ALICE_ID},{BOB}=user:{BOB_ID}"
 
 
 def api_settings(settings: Settings, **overrides: Any) -> Settings:
-    """The fixture's settings with the test tokens."""
-    return msgspec.structs.replace(settings, tokens=TOKENS, metrics_token=METRICS, **overrides)
+    """The fixture's settings with the test tokens, and no poll cache (each poll sees the
+    latest projection) unless a test asks for one."""
+    return msgspec.structs.replace(
+        settings, **{"tokens": TOKENS, "metrics_token": METRICS, "poll_cache_ms": 0, **overrides}
+    )
 
 
 @dataclass
