@@ -34,8 +34,9 @@ async def run_tracker(settings: Settings, stop: asyncio.Event | None = None, on_
     """Project events until SIGTERM/SIGINT (or `stop`); the batch in hand is finished first."""
     require(settings, "database_url", "redis_url")
     stop = stop or asyncio.Event()
+    publisher = None
     if on_commit is None:
-        on_commit = await _delta_publisher(settings)
+        on_commit = publisher = await _delta_publisher(settings)
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     redis = aioredis.from_url(settings.redis_url, socket_timeout=max(5.0, settings.block_ms / 1000 + 5))
     try:
@@ -43,6 +44,8 @@ async def run_tracker(settings: Settings, stop: asyncio.Event | None = None, on_
         consumer = Consumer(settings, redis, pool, on_commit=on_commit)
         log.info("tracker: consumer %s reading %s", consumer.name, settings.events_stream)
         await consumer.run(stop)
+        if publisher is not None:
+            await publisher.aclose()  # every committed batch is published: the next start keeps the epoch
         log.info("tracker: stopped after %d events", consumer.counters.applied)
     finally:
         await redis.aclose()
