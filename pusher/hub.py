@@ -49,6 +49,10 @@ class HubOptions(msgspec.Struct, kw_only=True, frozen=True):
     #: Longest block of one stream read; also how soon a changed epoch is noticed.
     block_ms: int = 500
     read_count: int = 2_000
+    #: Shortest time between two dispatches: under a stream of changes each
+    #: subscriber gets at most one frame per interval (cheaper for server and
+    #: browser); an isolated change is still sent at once.
+    linger: float = 0.025
     #: Stats are recomputed at most this often, and only after a job changed status.
     stats_interval: float = 1.0
     snapshot_concurrency: int = 4
@@ -79,14 +83,19 @@ class Scope(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Frame:
-    """One message for a subscriber: deltas (with their cursor) or stats."""
+    """One message for a subscriber: deltas (with their cursor) or stats.
 
-    __slots__ = ("cursor", "changes", "data")
+    Shared by every subscriber it goes to; `wire` caches its bytes as the
+    transport frames them, so that they are framed once too.
+    """
+
+    __slots__ = ("cursor", "changes", "data", "wire")
 
     def __init__(self, cursor: Cursor | None, changes: list[Change] | None, data: bytes | None) -> None:
         self.cursor = cursor
         self.changes = changes
         self.data = data
+        self.wire: bytes | None = None
 
     def encoded(self) -> bytes:
         if self.data is None:
@@ -107,6 +116,10 @@ class Subscriber:
         #: Set when the queue had to be dropped: the drainer sends a snapshot next.
         self.resync_reason: str | None = None
         self.coalesced = 0
+        #: A write that never blocks: True if the frame went out, False if the
+        #: socket's buffer is full (or it is closing). Set by the transport.
+        self.write_now: Callable[[Frame], bool] | None = None
+        self._idle = False
         self._wake = asyncio.Event()
 
     def offer(self, frame: Frame) -> None:
@@ -114,6 +127,11 @@ class Subscriber:
             return  # a snapshot follows, which holds this change
         if frame.cursor is not None and frame.cursor.offset <= self.after:
             return
+        # Nothing queued and the drainer waiting: write straight away when the
+        # socket takes it without blocking (order is kept: the queue is empty).
+        if self._idle and self.write_now is not None and self.write_now(frame):
+            return
+        self._idle = False
         self.frames.append(frame)
         if len(self.frames) > self.options.queue_limit:
             self._coalesce()
@@ -122,6 +140,7 @@ class Subscriber:
     def resync(self, reason: str) -> None:
         self.frames.clear()
         self.resync_reason = reason
+        self._idle = False
         self._wake.set()
 
     async def wait(self, timeout: float) -> bool:
@@ -129,10 +148,14 @@ class Subscriber:
         if self.frames or self.resync_reason:
             return True
         self._wake.clear()
+        self._idle = True
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
             return False
+        finally:
+            self._idle = False
         return True
 
     def _coalesce(self) -> None:
@@ -186,6 +209,7 @@ class Hub:
         self._stats_dirty = asyncio.Event()
         self._stats_cache: dict[Scope, asyncio.Future[bytes]] = {}
         self._tasks: list[asyncio.Task] = []
+        self._last_dispatch = 0.0
 
     @property
     def position(self) -> Cursor:
@@ -248,6 +272,8 @@ class Hub:
     async def run_once(self, block_ms: int | None = None) -> int:
         """Read and dispatch one batch of the stream; returns the number of changes read."""
         block = self.options.block_ms if block_ms is None else block_ms
+        if (wait := self._last_dispatch + self.options.linger - time.monotonic()) > 0 and block:
+            await asyncio.sleep(wait)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(epoch_key(self.stream), "epoch")
         pipe.xread({self.stream: entry_id(self.offset)}, count=self.options.read_count, block=block or None)
@@ -264,6 +290,7 @@ class Hub:
             return 0
         changes = [_change_decoder.decode(fields[b"d"]) for _, fields in entries]
         self.offset = offset_of(entries[-1][0])
+        self._last_dispatch = time.monotonic()
         self._dispatch(coalesce(changes), self.position)
         return len(entries)
 

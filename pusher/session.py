@@ -54,7 +54,9 @@ async def _drain(hub: Hub, sub: Subscriber, send: Send) -> None:
         if sub.resync_reason is not None:
             await _send_snapshot(hub, sub, send)
         elif sub.frames:
-            await _send(sub, send, sub.frames.popleft().encoded())
+            frame = sub.frames.popleft()
+            if sub.write_now is None or not sub.write_now(frame):
+                await _send(sub, send, frame.encoded())
         elif not await sub.wait(sub.options.heartbeat):
             # Nothing queued: every change up to the hub's position was sent or not in scope.
             await _send(sub, send, encode(Heartbeat(cursor=hub.position)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 
 from pusher.deltas import MAX_CLIENT_MESSAGE, Change, CloseCode, Subscribe, decode_client_message, encode
-from pusher.hub import Hub, HubOptions, Scope, Subscriber
+from pusher.hub import Frame, Hub, HubOptions, Scope, Subscriber
 from pusher.session import TooSlow, serve
 from tracker.projector import load_states
 from tracker.settings import Settings
@@ -98,7 +99,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     state.sockets.add(ws)
     try:
-        await _session(ws, state.hub, principal)
+        await _session(ws, request.transport, state.hub, principal)
     finally:
         state.sockets.discard(ws)
     return ws
@@ -117,7 +118,9 @@ def check_origin(request: web.Request) -> None:
     raise ApiError(403, "forbidden_origin", "this Origin may not open the dashboard socket")
 
 
-async def _session(ws: web.WebSocketResponse, hub: Hub, principal: Principal) -> None:
+async def _session(
+    ws: web.WebSocketResponse, transport: asyncio.Transport | None, hub: Hub, principal: Principal
+) -> None:
     sender: asyncio.Task | None = None
     try:
         async with asyncio.timeout(hub.options.subscribe_timeout):
@@ -130,7 +133,7 @@ async def _session(ws: web.WebSocketResponse, hub: Hub, principal: Principal) ->
                 return
             if sender is not None:  # a new subscribe replaces the old one
                 sender.cancel()
-            sender = asyncio.create_task(_send_all(ws, hub, *subscription))
+            sender = asyncio.create_task(_send_all(ws, transport, hub, *subscription))
             msg = await ws.receive()
     except TimeoutError:
         await ws.close(code=CloseCode.SUBSCRIBE_TIMEOUT, message=b"no subscribe message in time")
@@ -174,10 +177,14 @@ def scope_of(principal: Principal, subscribe: Subscribe) -> Scope | None:
     )
 
 
-async def _send_all(ws: web.WebSocketResponse, hub: Hub, scope: Scope, subscribe: Subscribe) -> None:
+async def _send_all(
+    ws: web.WebSocketResponse, transport: asyncio.Transport | None, hub: Hub, scope: Scope, subscribe: Subscribe
+) -> None:
     """The sender task: runs the subscription and closes the socket when it cannot go on."""
+    sub = Subscriber(scope, hub.options)
+    sub.write_now = partial(_write_now, ws, transport)
     try:
-        await serve(hub, Subscriber(scope, hub.options), subscribe.cursor, partial(ws.send_frame, opcode=WSMsgType.TEXT))
+        await serve(hub, sub, subscribe.cursor, partial(ws.send_frame, opcode=WSMsgType.TEXT))
     except TooSlow:
         await _close_or_abort(ws, CloseCode.TOO_SLOW, b"too slow: reconnect and resume with your cursor")
     except (ConnectionResetError, ConnectionError):
@@ -185,6 +192,31 @@ async def _send_all(ws: web.WebSocketResponse, hub: Hub, scope: Scope, subscribe
     except Exception:
         log.exception("push: subscription failed")
         await _close_or_abort(ws, CloseCode.INTERNAL_ERROR, b"internal error; reconnect later")
+
+
+#: A frame is written straight from the hub only while the socket's buffer holds less.
+WRITE_NOW_LIMIT = 64 * 1024
+
+
+def _write_now(ws: web.WebSocketResponse, transport: asyncio.Transport | None, frame: Frame) -> bool:
+    """Write a frame without waiting, framed once for every socket it goes to;
+    False when the socket's buffer is full or it is closing (the caller queues it)."""
+    if ws.closed or transport is None or transport.is_closing() or transport.get_write_buffer_size() > WRITE_NOW_LIMIT:
+        return False
+    if frame.wire is None:
+        frame.wire = text_frame(frame.encoded())
+    transport.write(frame.wire)
+    return True
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, uncompressed WebSocket text frame (RFC 6455 section 5.2) as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 async def _close_or_abort(ws: web.WebSocketResponse, code: int, message: bytes) -> None:

@@ -100,3 +100,20 @@ def test_client_messages_decode_and_encode() -> None:
     msg = decode_client_message(b'{"type":"subscribe","cursor":{"epoch":"ab","offset":3},"filters":{"kind":"recap"}}')
     assert msg.cursor == Cursor("ab", 3) and msg.filters.kind == "recap"
     assert encode(Cursor("ab", 3)) == b'{"epoch":"ab","offset":3}'
+
+
+def test_text_frames_are_framed_as_rfc_6455_says() -> None:
+    import struct
+
+    from web.ws import text_frame
+
+    for size in (0, 125, 126, 65_535, 65_536, 200_000):
+        payload = b"x" * size
+        frame = text_frame(payload)
+        assert frame[0] == 0x81  # FIN, text
+        length, header = frame[1], 2
+        if length == 126:
+            (length,), header = struct.unpack("!H", frame[2:4]), 4
+        elif length == 127:
+            (length,), header = struct.unpack("!Q", frame[2:10]), 10
+        assert length == size and frame[header:] == payload
