@@ -30,7 +30,6 @@ from .shapes import RESPONSE_SHAPES
 
 Json = dict[str, Any]
 
-#: Where aiohttp's static resource (canonical "/static") is documented.
 STATIC_PATH = "/static/{path}"
 
 
@@ -188,11 +187,8 @@ def registered_operations(app: web.Application) -> set[tuple[str, str]]:
     """(method, path) of every route of the app, HEAD left out (aiohttp adds it to each GET)."""
     found = set()
     for route in app.router.routes():
-        resource = route.resource
-        if route.method == "HEAD" or resource is None:
-            continue
-        path = STATIC_PATH if isinstance(resource, web.StaticResource) else resource.canonical
-        found.add((route.method, path))
+        if route.method != "HEAD" and route.resource is not None:
+            found.add((route.method, route.resource.canonical))
     return found
 
 

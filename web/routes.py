@@ -146,12 +146,19 @@ def setup_routes(app: web.Application) -> None:
 
 def setup_dashboard(app: web.Application, static_dir: Path = STATIC_DIR) -> None:
     """The dashboard page at / and its files at /static/ (public: they hold no data)."""
+    root = static_dir.resolve()
 
     async def index(request: web.Request) -> web.StreamResponse:
-        page = static_dir / "index.html"
-        if not page.is_file():
-            raise web.HTTPNotFound(reason="the dashboard is not installed")
-        return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+        return _file(root / "index.html", {"Cache-Control": "no-cache"})
+
+    async def static_file(request: web.Request) -> web.StreamResponse:
+        return _file(root / request.match_info["path"], {})
+
+    def _file(path: Path, headers: dict[str, str]) -> web.StreamResponse:
+        path = path.resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise web.HTTPNotFound(reason="no such file")  # answered as JSON like every error
+        return web.FileResponse(path, headers=headers)
 
     app.router.add_get("/", index, name="index")
-    app.router.add_static("/static/", static_dir, name="static")
+    app.router.add_get("/static/{path:.+}", static_file, name="static")

@@ -208,3 +208,12 @@ async def test_poll_cache_shares_answers_within_a_scope_only(settings: Settings,
         assert [j["job_id"] for j in mine["recent_jobs"]] == [str(alices.job_id)]
         assert (await api.get(PROGRESS, token=ALICE, user_id=str(uuid.uuid4())))[0] == 403  # checked before the cache
         assert (await api.ok(PROGRESS, user_id=str(ALICE_ID)))["recent_jobs"] == mine["recent_jobs"]
+
+
+async def test_dashboard_files_are_public_and_confined_to_the_static_folder(api: Api) -> None:
+    for path in ("/", "/static/index.html"):
+        async with api.client.get(path) as response:
+            assert (response.status, response.content_type) == (200, "text/html")
+    for path in ("/static/nothing.js", "/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py"):
+        status, body = await api.get(path, token=None)
+        assert status == 404 and body["error"]["code"] == "not_found", path
