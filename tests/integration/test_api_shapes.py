@@ -25,6 +25,7 @@ from tests.integration.test_api_support import (
     assert_shape,
     is_timestamp,
     is_uuid,
+    project,
     run_stages,
     script,
 )
@@ -206,3 +207,43 @@ async def test_dead_letters_list_rejected_entries(
 
 async def test_event_schema_is_the_tracker_schema(api: Api) -> None:
     assert await api.ok("/v1/schema/events") == msgspec.json.decode(msgspec.json.encode(ev.event_json_schema()))
+
+
+async def test_stalled_is_shown_not_stored(api: Api, pg_pool: asyncpg.Pool) -> None:
+    quiet = script(3600)  # running, last event an hour ago (RECAP_STALL_AFTER is 300 s)
+    quiet.emit("stage.started", seconds=60, stage="fetch")
+    busy = script(30)
+    await project(pg_pool, quiet, busy)
+
+    body = await api.ok("/v1/dashboard/job-progress")
+    assert {j["job_id"]: j["stalled"] for j in body["active_jobs"]} == {str(quiet.job_id): True, str(busy.job_id): False}
+    assert {j["status"] for j in body["recent_jobs"]} == {"running"}
+    assert body["stats"]["stalled_jobs"] == 1 and body["stats"]["running_jobs"] == 2
+    only = await api.ok("/v1/dashboard/job-progress", status="stalled")
+    assert [j["job_id"] for j in only["recent_jobs"]] == [str(quiet.job_id)]
+    async with pg_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT status FROM recap_jobs WHERE job_id = $1", quiet.job_id) == "running"
+
+
+async def test_filters_of_the_recent_jobs(api: Api, pg_pool: asyncpg.Pool) -> None:
+    system_recap = script(500)
+    system_recap.emit("job.completed")
+    user_recap = script(400, trigger_source="user", user_id=ALICE_ID)
+    user_recap.emit("job.failed", error="x")
+    morning = script(300, kind="morning")
+    morning.emit("job.cancelled", reason="operator")
+    old = script(10 * 86400)
+    old.emit("job.completed")
+    await project(pg_pool, system_recap, user_recap, morning, old)
+
+    async def listed(**query: object) -> list[str]:
+        return [j["job_id"] for j in (await api.ok("/v1/dashboard/job-progress", **query))["recent_jobs"]]
+
+    assert await listed() == [str(morning.job_id), str(user_recap.job_id), str(system_recap.job_id)]
+    assert await listed(window=30 * 86400) == [str(j.job_id) for j in (morning, user_recap, system_recap, old)]
+    assert await listed(kind="morning") == [str(morning.job_id)]
+    assert await listed(trigger_source="user") == [str(user_recap.job_id)]
+    assert await listed(status=["failed", "cancelled"]) == [str(morning.job_id), str(user_recap.job_id)]
+    assert await listed(limit=1) == [str(morning.job_id)]
+    morning_stats = (await api.ok("/v1/dashboard/job-progress", kind="morning"))["stats"]
+    assert (morning_stats["kind"], morning_stats["total_jobs_24h"], morning_stats["cancelled_jobs_24h"]) == ("morning", 1, 1)
