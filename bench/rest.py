@@ -368,12 +368,14 @@ def main() -> None:
     args = parser.parse_args()
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="recap-bench-rest-", dir="/tmp") as tmp:
-        with services(Path(tmp)) as (admin_dsn, redis_url):
-            dsn = asyncio.run(prepare(admin_dsn, args.jobs))
-            load_before = os.getloadavg()[0]
-            runs = measure(args, dsn, redis_url, out / "rest-server.log")
-            report(runs, args, load_before)
+    with (
+        tempfile.TemporaryDirectory(prefix="recap-bench-rest-", dir="/tmp") as tmp,
+        services(Path(tmp)) as (admin_dsn, redis_url),
+    ):
+        dsn = asyncio.run(prepare(admin_dsn, args.jobs))
+        load_before = os.getloadavg()[0]
+        runs = measure(args, dsn, redis_url, out / "rest-server.log")
+        report(runs, args, load_before)
 
 
 if __name__ == "__main__":

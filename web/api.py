@@ -236,7 +236,9 @@ def genre_progress(expected: Sequence[str] | None, genre_rows: Sequence[Row]) ->
     return progress
 
 
-def sub_stage_progress(expected: Sequence[str] | None, genre_rows: Sequence[Row]) -> SubStageProgress | msgspec.UnsetType:
+def sub_stage_progress(
+    expected: Sequence[str] | None, genre_rows: Sequence[Row]
+) -> SubStageProgress | msgspec.UnsetType:
     """The phase the genres as a whole are in (the least advanced unfinished genre's),
     and how many genres are past it. Absent when no genre has reported yet."""
     if not genre_rows:
@@ -443,9 +445,12 @@ async def dead_letters_response(conn: asyncpg.Connection, principal: Principal, 
     return DeadLetters(
         dead_letters=[
             DeadLetter(
-                id=r["id"], stream_id=r["stream_id"], reason=r["reason"], payload=r["payload"],
+                id=r["id"],
+                stream_id=r["stream_id"],
+                reason=r["reason"],
+                payload=r["payload"],
                 received_at=r["received_at"],
-            )  # fmt: skip
+            )
             for r in rows
         ],
         total=total,

@@ -17,8 +17,8 @@ from tracker.runner import require, stop_on_signals
 from tracker.settings import Settings
 
 from .auth import auth_middleware, load_tokens
-from .errors import error_middleware
 from .cache import ResponseCache
+from .errors import error_middleware
 from .keys import CACHE, METRICS, OPENAPI, POOL, REDIS, SETTINGS, TOKENS
 from .metrics import Metrics, metrics_middleware
 from .openapi import encode_document
@@ -75,7 +75,7 @@ async def postgres_pool(app: web.Application) -> AsyncIterator[None]:
     yield
     try:
         await asyncio.wait_for(pool.close(), QUERY_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pool.terminate()
 
 

@@ -158,7 +158,10 @@ OPERATIONS: dict[str, Json] = {
         "operationId": "getMetrics",
         "summary": "Prometheus metrics. Takes RECAP_METRICS_TOKEN or an admin token.",
         "responses": {
-            "200": {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "200": {
+                "description": "Prometheus text format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
             **_errors(401, 403),
         },
     },

@@ -22,7 +22,16 @@ from .auth import authenticate, effective_user, require_admin
 from .errors import UNAVAILABLE_ERRORS, json_response
 from .keys import CACHE, METRICS, OPENAPI, POOL, REDIS, SETTINGS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .params import DEFAULT_EVENTS, DEFAULT_LIMIT, MAX_EVENTS, MAX_LIMIT, int_param, path_uuid, progress_params, stats_params
+from .params import (
+    DEFAULT_EVENTS,
+    DEFAULT_LIMIT,
+    MAX_EVENTS,
+    MAX_LIMIT,
+    int_param,
+    path_uuid,
+    progress_params,
+    stats_params,
+)
 from .shapes import ErrorDetail, Health
 
 #: How long a request waits for a pooled connection, and a readiness check for each service.
@@ -109,12 +118,12 @@ async def health_ready(request: web.Request) -> web.Response:
             missing = await pending(conn)
         if missing:
             checks["migrations"] = f"pending: {', '.join(missing)}"
-    except UNAVAILABLE_ERRORS + (asyncpg.PostgresError,):
+    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
         checks["postgres"] = checks["migrations"] = "unreachable"
     try:
         async with asyncio.timeout(READY_TIMEOUT):
             await request.app[REDIS].ping()
-    except UNAVAILABLE_ERRORS + (RedisError,):
+    except (*UNAVAILABLE_ERRORS, RedisError):
         checks["redis"] = "unreachable"
     failing = [name for name, state in checks.items() if state != "ok"]
     if not failing:

@@ -10,10 +10,6 @@ import asyncpg
 import pytest
 
 from tests.factories import JobScript
-from tracker.statuses import DEFAULT_STAGES
-from web import api as web_api
-from web.keys import POOL
-
 from tests.integration.test_api_support import (
     ADMIN,
     ALICE,
@@ -28,6 +24,9 @@ from tests.integration.test_api_support import (
     run_stages,
     script,
 )
+from tracker.statuses import DEFAULT_STAGES
+from web import api as web_api
+from web.keys import POOL
 
 PROGRESS = "/v1/dashboard/job-progress"
 STATS = "/v1/dashboard/job-stats"
@@ -153,7 +152,8 @@ async def test_defect_08_stage_durations_are_their_own(api: Api, pg_pool: asyncp
 async def test_defect_09_user_filter_returns_user_jobs_and_articles(api: Api, pg_pool: asyncpg.Pool) -> None:
     feed = uuid.UUID(int=77)
     alices = script(300, trigger_source="user", user_id=ALICE_ID)
-    alices.emit("articles.added", articles=[{"article_id": "x1", "feed_id": str(feed), "original_user_id": str(ALICE_ID)}])
+    mine = {"article_id": "x1", "feed_id": str(feed), "original_user_id": str(ALICE_ID)}
+    alices.emit("articles.added", articles=[mine])
     bobs = script(200, trigger_source="user", user_id=BOB_ID)
     system = script(100)  # a system job that also carries two of Alice's articles
     system.emit("articles.added", articles=[

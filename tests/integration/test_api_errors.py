@@ -13,13 +13,6 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tracker import events as ev
-from tracker.consumer import GROUP
-from tracker.settings import Settings
-from web.app import create_app
-from web.keys import POOL, REDIS
-from web.openapi import OPERATIONS, STATIC_PATH, build_document, registered_operations
-
 from tests.integration.test_api_support import (
     ADMIN,
     ALICE,
@@ -33,6 +26,12 @@ from tests.integration.test_api_support import (
     script,
     serve,
 )
+from tracker import events as ev
+from tracker.consumer import GROUP
+from tracker.settings import Settings
+from web.app import create_app
+from web.keys import POOL, REDIS
+from web.openapi import OPERATIONS, STATIC_PATH, build_document, registered_operations
 
 PROGRESS = "/v1/dashboard/job-progress"
 
@@ -94,17 +93,17 @@ async def test_401_and_403_are_json(api: Api) -> None:
 
 async def test_503_when_postgres_is_down(settings: Settings) -> None:
     down = api_settings(settings, database_url="postgresql://postgres@127.0.0.1:1/nothing")
-    async for api in serve(down):
+    unavailable = {"code": "unavailable", "message": "the database or Redis is unavailable; try again shortly"}
+    async for no_db in serve(down):
         for path in (PROGRESS, "/v1/dashboard/job-stats", f"/v1/dashboard/jobs/{uuid.uuid4()}"):
-            status, body = await api.get(path)
-            assert status == 503, (path, body)
-            assert body == {"error": {"code": "unavailable", "message": "the database or Redis is unavailable; try again shortly"}}
-        status, body = await api.get("/health/ready", token=None)
+            status, body = await no_db.get(path)
+            assert (status, body) == (503, {"error": unavailable}), path
+        status, body = await no_db.get("/health/ready", token=None)
         assert status == 503
         assert body["checks"] == {"postgres": "unreachable", "migrations": "unreachable", "redis": "ok"}
         assert body["error"]["code"] == "not_ready"
-        assert (await api.get("/health/live", token=None))[0] == 200
-        assert (await api.get("/metrics", token=METRICS))[0] == 200  # still scrapable
+        assert (await no_db.get("/health/live", token=None))[0] == 200
+        assert (await no_db.get("/metrics", token=METRICS))[0] == 200  # still scrapable
 
 
 async def test_503_when_the_pool_is_terminated_under_the_server(api: Api, pg_pool: asyncpg.Pool) -> None:
@@ -197,17 +196,18 @@ async def test_many_apps_have_their_own_metrics(settings: Settings) -> None:
 async def test_poll_cache_shares_answers_within_a_scope_only(settings: Settings, pg_pool: asyncpg.Pool) -> None:
     alices = script(300, user_id=ALICE_ID)
     await project(pg_pool, alices, script(200))
-    async for api in serve(api_settings(settings, poll_cache_ms=60_000)):
-        first = await api.ok(PROGRESS)
+    async for cached in serve(api_settings(settings, poll_cache_ms=60_000)):
+        first = await cached.ok(PROGRESS)
         await project(pg_pool, script(100))
-        with QueryCounter(api.client.server.app[POOL]) as counter:
-            again = await api.ok(PROGRESS)
+        with QueryCounter(cached.client.server.app[POOL]) as counter:
+            again = await cached.ok(PROGRESS)
         assert again == first and counter.queries == []  # the same view within the TTL: no query
-        assert len((await api.ok(PROGRESS, limit=10))["recent_jobs"]) == 3  # other parameters: computed
-        mine = await api.ok(PROGRESS, token=ALICE)  # another scope never gets the admin's answer
+        assert len((await cached.ok(PROGRESS, limit=10))["recent_jobs"]) == 3  # other parameters: computed
+        mine = await cached.ok(PROGRESS, token=ALICE)  # another scope never gets the admin's answer
         assert [j["job_id"] for j in mine["recent_jobs"]] == [str(alices.job_id)]
-        assert (await api.get(PROGRESS, token=ALICE, user_id=str(uuid.uuid4())))[0] == 403  # checked before the cache
-        assert (await api.ok(PROGRESS, user_id=str(ALICE_ID)))["recent_jobs"] == mine["recent_jobs"]
+        other = str(uuid.uuid4())
+        assert (await cached.get(PROGRESS, token=ALICE, user_id=other))[0] == 403  # checked before the cache
+        assert (await cached.ok(PROGRESS, user_id=str(ALICE_ID)))["recent_jobs"] == mine["recent_jobs"]
 
 
 async def test_dashboard_files_are_public_and_confined_to_the_static_folder(api: Api) -> None:

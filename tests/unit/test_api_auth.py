@@ -45,9 +45,9 @@ def test_a_bad_entry_names_the_variable_not_the_token(tokens: str, message: str)
 def test_a_bad_file_names_the_variable_and_line(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("good=admin\n# comment\nbad-secret\n")
-    with pytest.raises(ConfigError, match="^RECAP_TOKENS_FILE line 3 is not"):
+    with pytest.raises(ConfigError, match=r"^RECAP_TOKENS_FILE line 3 is not"):
         load_tokens(load_settings({"RECAP_TOKENS_FILE": str(path)}))
-    with pytest.raises(ConfigError, match="^RECAP_TOKENS_FILE=.* cannot be read"):
+    with pytest.raises(ConfigError, match=r"^RECAP_TOKENS_FILE=.* cannot be read"):
         load_tokens(load_settings({"RECAP_TOKENS_FILE": str(tmp_path / "missing")}))
 
 

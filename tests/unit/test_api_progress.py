@@ -13,7 +13,7 @@ def stages(*statuses: str) -> list:
     names = ["fetch", "preprocess", "dedup", "genre", "select", "evidence", "dispatch", "persist"]
     return [
         stage_state(name, None) if status == "pending" else stage_state(name, _row(status=status))
-        for name, status in zip(names, statuses + ("pending",) * (8 - len(statuses)))
+        for name, status in zip(names, statuses + ("pending",) * (8 - len(statuses)), strict=True)
     ]
 
 
@@ -24,7 +24,8 @@ def _row(**fields: Any) -> dict[str, Any]:
 
 
 def genre(name: str, status: str, phase: str | None = None) -> dict[str, Any]:
-    return {"genre": name, "status": status, "phase": phase, "cluster_count": None, "article_count": None, "attempts": 1}
+    return {"genre": name, "status": status, "phase": phase, "cluster_count": None, "article_count": None,
+            "attempts": 1}  # fmt: skip
 
 
 def test_stage_index_is_the_running_stage_or_the_next_one() -> None:
