@@ -120,6 +120,19 @@ COUNT_EVENTS = "SELECT count(*) FROM recap_events"
 ALL_EVENTS_BY_JOB = "SELECT job_id, payload::text FROM recap_events ORDER BY job_id, seq, event_id"
 REBUILD_ARTICLES = _articles_from_log("true")
 
+# --- retention (recap-status prune) -------------------------------------------
+
+# A job is old once it finished before $1, or, never finished, was last heard of before it.
+_OLD_JOB = "coalesce(finished_at, last_event_at) < $1"
+COUNT_OLD_JOBS = f"SELECT count(*) FROM recap_jobs WHERE {_OLD_JOB}"
+# One page of old jobs after job_id $2 (keyset pagination).
+OLD_JOBS_AFTER = f"SELECT job_id FROM recap_jobs WHERE {_OLD_JOB} AND job_id > $2 ORDER BY job_id LIMIT $3"
+# The jobs of $2 still old once locked (a late event may have arrived meanwhile).
+STILL_OLD_JOBS = f"SELECT job_id FROM recap_jobs WHERE {_OLD_JOB} AND job_id = ANY($2::uuid[])"
+PRUNED_TABLES = ("recap_events", *PROJECTION_TABLES)
+DELETE_JOBS = {table: f"DELETE FROM {table} WHERE job_id = ANY($1::uuid[])" for table in PRUNED_TABLES}
+DELETE_OLD_DEAD_LETTERS = "DELETE FROM recap_dead_letters WHERE received_at < $1"
+
 
 def job_lock_keys(job_ids: Sequence[uuid.UUID]) -> list[int]:
     """Sorted int4 lock keys, so that concurrent trackers lock jobs in one order."""
