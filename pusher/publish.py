@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
@@ -65,12 +65,20 @@ def changes_of(result: BatchResult) -> list[Change]:
 class Publisher:
     """Appends the changes of committed batches to the deltas stream."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings, owns_redis: bool = False) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        owns_redis: bool = False,
+        retry_delays: Sequence[float] = _RETRY_DELAYS,
+    ) -> None:
         self.redis = redis
         self.settings = settings
+        self.retry_delays = retry_delays
         self._owns_redis = owns_redis
         self._script = redis.register_script(_PUBLISH)
         self._live_key = f"{settings.deltas_stream}:live:{settings.consumer}"
+        self._lost = False
 
     async def start(self) -> None:
         """Mark this consumer's publisher live; if the previous one never closed,
@@ -94,28 +102,41 @@ class Publisher:
         either), so that a committed change is not dropped by a short outage.
         """
         changes = changes_of(result)
-        for delay in (*_RETRY_DELAYS, None):
+        for delay in (*self.retry_delays, None):
             try:
+                if self._lost:
+                    await new_epoch(self.redis, self.settings)
+                    self._lost = False
                 await self.publish(changes)
                 return
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 if delay is None:
+                    # This batch is committed and acknowledged: its deltas are lost, and
+                    # the next publish starts a new epoch so that no client goes on without them.
+                    self._lost = True
                     raise
                 log.warning("pusher: publishing deltas failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
-        """Stop cleanly: every committed batch has been published."""
-        await self.redis.delete(self._live_key)
-        if self._owns_redis:
-            await self.redis.aclose()
+        """Stop cleanly: every committed batch has been published (else the next start
+        of this consumer starts a new epoch)."""
+        try:
+            if not self._lost:
+                await self.redis.delete(self._live_key)
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+            pass  # the marker stays: the next start begins a new epoch, which is safe
+        finally:
+            if self._owns_redis:
+                await self.redis.aclose()
 
     def _keys(self) -> list[str]:
         return [self.settings.deltas_stream, epoch_key(self.settings.deltas_stream)]
 
 
-async def make_publisher(settings: Settings) -> Callable[[BatchResult], Awaitable[None]]:
-    """The tracker's `on_commit` callback, on a Redis connection of its own.
+async def make_publisher(settings: Settings) -> Publisher:
+    """The tracker's `on_commit` callback (a `Callable[[BatchResult], Awaitable[None]]`),
+    on a Redis connection of its own; `aclose()` it after the consumer stopped.
 
     A tracker killed between commit and publish has lost those deltas (the
     events are acknowledged, or are duplicates when re-read), so a publisher

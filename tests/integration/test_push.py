@@ -459,3 +459,54 @@ async def test_shutdown_closes_sockets_with_going_away(
         await push.server.runner.shutdown()
         msg = await client.ws.receive(timeout=3)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
+
+
+# --- liveness, resubscribing, odd cursors ---------------------------------------------------
+
+
+async def test_an_idle_client_gets_heartbeats_and_a_dead_peer_is_dropped(
+    settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool
+) -> None:
+    async for push in make_push(settings, redis, pg_pool, heartbeat=0.4):
+        job = job_script()
+        await push.emit(job.emit("job.started"))
+        client, snapshot = await push.subscribe()
+        heartbeat = await client.next("heartbeat", timeout=3)
+        assert heartbeat["cursor"] == snapshot["cursor"]
+        # The live client keeps reading (which answers the pings) while a dead one is dropped.
+        job_row = lambda s: s.jobs[str(job.job_id)].job  # noqa: E731
+        live = asyncio.create_task(client.until(lambda s: job_row(s)["version"] > 1, timeout=10))
+
+        dead = await stalled_socket(push)  # never answers the server's pings
+        async with asyncio.timeout(3):
+            while push.hub.subscriber_count < 2:
+                await asyncio.sleep(0.02)
+        async with asyncio.timeout(5):
+            while push.hub.subscriber_count > 1:
+                await asyncio.sleep(0.05)
+        dead.close()
+        await push.emit(job.emit("job.heartbeat"))  # the live client is still served
+        await live
+
+
+async def test_a_new_subscribe_on_the_same_socket_replaces_the_subscription(push: Push) -> None:
+    recap, morning = job_script(), job_script()
+    await push.emit(recap.emit("job.started"), morning.emit("job.started", kind="morning"))
+    client, snapshot = await push.subscribe(filters={"kind": "recap"})
+    assert [j["job"]["job_id"] for j in snapshot["jobs"]] == [str(recap.job_id)]
+    await client.ws.send_str('{"type":"subscribe","filters":{"kind":"morning"}}')
+    snapshot = await client.next("snapshot")
+    assert [j["job"]["job_id"] for j in snapshot["jobs"]] == [str(morning.job_id)]
+    await push.emit(recap.emit("job.heartbeat"), morning.emit("job.heartbeat"))
+    delta = await client.next("delta")
+    assert [c["job"]["job_id"] for c in delta["changes"]] == [str(morning.job_id)]
+    assert push.hub.subscriber_count == 1
+
+
+async def test_a_cursor_from_beyond_the_stream_gets_a_snapshot(push: Push) -> None:
+    job = job_script()
+    await push.emit(job.emit("job.started"))
+    _, snapshot = await push.subscribe()
+    ahead = {**snapshot["cursor"], "offset": snapshot["cursor"]["offset"] + 1000}
+    _, message = await push.subscribe(cursor=ahead)
+    assert message["reason"] == "unknown" and message["cursor"] == snapshot["cursor"]

@@ -74,3 +74,30 @@ async def test_a_tracker_that_did_not_stop_cleanly_starts_a_new_epoch(settings: 
     assert (await third.publish([change()])).epoch == restarted
     await third.aclose()
     await first.aclose()
+
+
+async def test_deltas_lost_to_a_long_outage_start_a_new_epoch(settings: Settings, redis: aioredis.Redis) -> None:
+    from tracker.projector import BatchResult
+
+    publisher = Publisher(redis, settings, retry_delays=(0.01,))
+    before = (await publisher.publish([change()])).epoch
+    real_publish, failures = publisher.publish, [0]
+
+    async def unreachable(changes):
+        failures[0] += 1
+        raise aioredis.ConnectionError("Redis is down")
+
+    publisher.publish = unreachable  # type: ignore[method-assign]
+    batch = BatchResult(received=1, applied=1, jobs=[change().job])
+    try:
+        await publisher(batch)
+    except aioredis.ConnectionError:
+        pass
+    else:
+        raise AssertionError("a publish that never got through must fail the batch")
+    assert failures[0] == 2  # tried, retried once, gave up
+    publisher.publish = real_publish  # type: ignore[method-assign]
+    await publisher(batch)
+    entries = await redis.xrange(settings.deltas_stream)
+    assert [offset_of(eid) for eid, _ in entries] == [1]  # the old history is gone with its hole
+    assert entries[0][1][b"e"].decode() != before
