@@ -40,6 +40,7 @@ import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -87,8 +88,11 @@ class Recorder:
             message = json.loads(data)
             self.ats[offset] = [_epoch_seconds(c["job"]["updated_at"]) for c in message["changes"]]
 
-    def histogram(self) -> tuple[Counter, int]:
+    def histograms(self, published: dict[int, float]) -> tuple[Counter, Counter, int]:
+        """End to end (per change, from its `at`) and fan-out (per frame, from the
+        moment its newest entry was in the deltas stream)."""
         hist: Counter = Counter()
+        fanout: Counter = Counter()
         unmatched = 0
         for offset, t in self.received:
             ats = self.ats.get(offset)
@@ -97,25 +101,90 @@ class Recorder:
                 continue
             for at in ats:
                 hist[max(0, int((t - at) * 1000))] += 1
-        return hist, unmatched
+            if offset in published:
+                fanout[max(0, int((t - published[offset]) * 1000))] += 1
+        return hist, fanout, unmatched
 
 
 def _epoch_seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-async def _connection(session: aiohttp.ClientSession, url: str, rec: Recorder, probe: bool, gate: asyncio.Semaphore,
-                      connected: list[int]) -> None:
+class Client(asyncio.Protocol):
+    """A minimal WebSocket client (RFC 6455) that costs the load generator little per
+    frame: it answers pings, hands text frames to the recorder, and no more."""
+
+    def __init__(self, host: str, port: int, rec: Recorder, probe: bool, subscribed: asyncio.Future) -> None:
+        self.host, self.port, self.rec, self.probe, self.subscribed = host, port, rec, probe, subscribed
+        self.buf = b""
+        self.upgraded = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(  # type: ignore[union-attr]
+            f"GET /v1/dashboard/ws HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.upgraded:
+            head, sep, rest = self.buf.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            self.upgraded, self.buf = True, rest
+            self._send(0x1, b'{"type":"subscribe"}')
+        self._frames()
+
+    def _frames(self) -> None:
+        buf, pos = self.buf, 0
+        while len(buf) - pos >= 2:
+            opcode, length, header = buf[pos] & 0x0F, buf[pos + 1] & 0x7F, 2
+            if length == 126:
+                if len(buf) - pos < 4:
+                    break
+                length, header = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+            elif length == 127:
+                if len(buf) - pos < 10:
+                    break
+                length, header = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+            end = pos + header + length
+            if end > len(buf):
+                break
+            if opcode == 0x1:
+                payload = buf[pos + header:end]
+                if not self.subscribed.done():
+                    self.subscribed.set_result(True)
+                self.rec.frame(payload, self.probe)
+            elif opcode == 0x9:
+                self._send(0xA, buf[pos + header:end])  # pong
+            elif opcode == 0x8:
+                self.transport.close()  # type: ignore[union-attr]
+            pos = end
+        self.buf = buf[pos:]
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        # Client frames are masked; a zero key leaves the payload as it is.
+        self.transport.write(bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload)  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.rec.closed += 1
+        if not self.subscribed.done():
+            self.subscribed.set_result(False)
+
+
+async def _connect(host: str, port: int, rec: Recorder, probe: bool, gate: asyncio.Semaphore, connected: list[int]) -> None:
+    loop = asyncio.get_running_loop()
     async with gate:
-        ws = await session.ws_connect(url, headers={"Authorization": f"Bearer {TOKEN}"}, decode_text=False,
-                                      autoping=True, max_msg_size=0)
-        await ws.send_str('{"type":"subscribe"}')
-        first = await ws.receive()  # the snapshot: connected means subscribed
-        connected[0] += first.type == aiohttp.WSMsgType.TEXT
-    async for msg in ws:
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            rec.frame(msg.data, probe)
-    rec.closed += 1
+        subscribed = loop.create_future()
+        await loop.create_connection(lambda: Client(host, port, rec, probe, subscribed), host, port)
+        ok = await subscribed  # the snapshot arrived
+        connected[0] += ok
 
 
 async def worker(url: str, connections: int) -> None:
@@ -123,27 +192,24 @@ async def worker(url: str, connections: int) -> None:
     rec = Recorder()
     gate = asyncio.Semaphore(64)  # connect gradually: the listen backlog is finite
     connected = [0]
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    tasks = [asyncio.create_task(_connection(session, url, rec, i == 0, gate, connected)) for i in range(connections)]
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    tasks = [asyncio.create_task(_connect(host, int(port), rec, i == 0, gate, connected)) for i in range(connections)]
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := (await reader.readline()).decode().strip():
         if line == "connected?":
-            while connected[0] < connections and not all(t.done() for t in tasks):
-                await asyncio.sleep(0.1)
-            failed = sum(1 for t in tasks if t.done() and t.exception() is not None)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            failed = sum(1 for t in tasks if t.exception() is not None)
             print(json.dumps({"connected": connected[0], "failed": failed}), flush=True)
         elif line == "measure":
             rec.received, rec.ats, rec.measuring = [], {}, True
             rec.snapshots = 0
-        elif line == "report":
+        elif line.startswith("report "):
             rec.measuring = False
-            hist, unmatched = rec.histogram()
-            print(json.dumps({"hist": hist, "frames": len(rec.received), "unmatched": unmatched,
+            published = {int(k): v for k, v in json.loads(line[7:]).items()}
+            hist, fanout, unmatched = rec.histograms(published)
+            print(json.dumps({"hist": hist, "fanout": fanout, "frames": len(rec.received), "unmatched": unmatched,
                               "resyncs": rec.snapshots, "closed": rec.closed}), flush=True)
-    for t in tasks:
-        t.cancel()
-    await session.close()
 
 
 # --- coordinator ----------------------------------------------------------------------
@@ -225,9 +291,10 @@ async def poll_rest(session: aiohttp.ClientSession, base: str, stop: asyncio.Eve
     return polls
 
 
-async def tail_deltas(redis: aioredis.Redis, stream: str, stop: asyncio.Event) -> Counter:
+async def tail_deltas(redis: aioredis.Redis, stream: str, stop: asyncio.Event, published: dict[int, float]) -> Counter:
     """Latency to the deltas stream itself (emit -> projected, committed, published):
-    the part of the push latency that is the tracker's, not the fan-out's."""
+    the part of the push latency that is the tracker's, not the fan-out's. Notes
+    when each offset was seen in the stream in `published`."""
     hist: Counter = Counter()
     last = (await redis.xinfo_stream(stream))["last-generated-id"]
     decoder = msgspec.json.Decoder()
@@ -236,6 +303,7 @@ async def tail_deltas(redis: aioredis.Redis, stream: str, stop: asyncio.Event) -
         now = time.time()
         for entry_id, fields in reply[0][1] if reply else []:
             last = entry_id
+            published[int(entry_id.split(b"-")[1])] = now
             at = _epoch_seconds(decoder.decode(fields[b"d"])["job"]["updated_at"])
             hist[max(0, int((now - at) * 1000))] += 1
     return hist
@@ -267,29 +335,54 @@ def percentile(hist: Counter, q: float) -> float:
     return float(max(hist))
 
 
-def merge(reports: list[dict]) -> tuple[Counter, dict[str, int]]:
+def merge(reports: list[dict]) -> tuple[Counter, Counter, dict[str, int]]:
     hist: Counter = Counter()
+    fanout: Counter = Counter()
     totals = Counter()
     for r in reports:
         hist.update({int(k): v for k, v in r["hist"].items()})
+        fanout.update({int(k): v for k, v in r["fanout"].items()})
         totals.update({k: r[k] for k in ("frames", "unmatched", "resyncs", "closed")})
-    return hist, dict(totals)
+    return hist, fanout, dict(totals)
+
+
+class Measurement(NamedTuple):
+    push: Counter  # emit -> client, per change
+    fanout: Counter  # in the deltas stream -> client, per frame
+    tracker: Counter  # emit -> in the deltas stream, per change
+    totals: dict
+    sent: int
 
 
 async def measure(
-    workers: list[Worker], emitter: Emitter, rate: int, seconds: float, web_pid: int, record: bool = False
-) -> tuple[Counter, dict, int]:
+    workers: list[Worker], emitter: Emitter, redis: aioredis.Redis, stream: str,
+    rate: int, seconds: float, web_pid: int, record: bool = False,
+) -> Measurement:
     for w in workers:
         w.ask("measure")
+    published: dict[int, float] = {}
+    stop = asyncio.Event()
+    tail = asyncio.create_task(tail_deltas(redis, stream, stop, published))
     pids = [w.proc.pid for w in workers]
     cpu = cpu_seconds(web_pid), sum(map(cpu_seconds, pids))
     sent = await emitter.run(rate, seconds, record)
-    totals_cpu = cpu_seconds(web_pid) - cpu[0], sum(map(cpu_seconds, pids)) - cpu[1]
+    used = cpu_seconds(web_pid) - cpu[0], sum(map(cpu_seconds, pids)) - cpu[1]
     await asyncio.sleep(1.0)  # let the last frames arrive
-    hist, totals = merge([w.ask("report") for w in workers])
-    totals["web_cpu"] = round(100 * totals_cpu[0] / seconds)
-    totals["clients_cpu"] = round(100 * totals_cpu[1] / seconds)
-    return hist, totals, sent
+    stop.set()
+    tracker = await tail
+    hist, fanout, totals = merge([w.ask("report " + json.dumps(published)) for w in workers])
+    totals["web_cpu"] = round(100 * used[0] / seconds)
+    totals["clients_cpu"] = round(100 * used[1] / seconds)
+    return Measurement(hist, fanout, tracker, totals, sent)
+
+
+def _p(hist: Counter) -> str:
+    return f"p50 {percentile(hist, 0.5):.0f} ms, p99 {percentile(hist, 0.99):.0f} ms"
+
+
+def _totals(t: dict) -> str:
+    return (f"frames {t['frames']:,}, resyncs {t['resyncs']}, closed {t['closed']}, unmatched {t['unmatched']}; "
+            f"CPU: web {t['web_cpu']}%, load generators {t['clients_cpu']}%")
 
 
 def spawn_workers(url: str, clients: int) -> list[Worker]:
@@ -345,6 +438,7 @@ async def run(args: argparse.Namespace, admin: str, redis_url: str, tmp: Path) -
            "RECAP_TOKENS": f"{TOKEN}=admin", "RECAP_CONSUMER": "bench", "RECAP_LOG_LEVEL": "WARNING"}
     procs = [_start("tracker", env, tmp / "tracker.log"), _start("web", env, tmp / "web.log")]
     base, url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/v1/dashboard/ws"
+    deltas = f"{prefix}:deltas"
     redis = aioredis.from_url(redis_url)
     try:
         await _ready(base)
@@ -358,24 +452,19 @@ async def run(args: argparse.Namespace, admin: str, redis_url: str, tmp: Path) -
         async with aiohttp.ClientSession() as session:
             stop = asyncio.Event()
             poller = asyncio.create_task(poll_rest(session, base, stop))
-            stream_stop = asyncio.Event()
-            tail = asyncio.create_task(tail_deltas(redis, f"{prefix}:deltas", stream_stop))
             emitter.emitted = {j: [] for j in emitter.jobs}
-            hist, totals, sent = await measure(workers, emitter, args.rate, args.seconds, procs[1].pid, record=True)
-            stream_stop.set()
-            tracker_hist = await tail
+            m = await measure(workers, emitter, redis, deltas, args.rate, args.seconds, procs[1].pid, record=True)
             await asyncio.sleep(5.5)  # one more poll sees the last events
             stop.set()
             polls = await poller
         rest = sorted(poll_latencies(emitter.emitted, polls))
         for w in workers:
             w.stop()
-        push_p50, push_p99 = percentile(hist, 0.5), percentile(hist, 0.99)
-        print(f"  push: p50 {push_p50:.0f} ms, p99 {push_p99:.0f} ms over {sum(hist.values()):,} deliveries "
-              f"({sent / args.seconds:,.0f} events/s; frames {totals['frames']:,}, resyncs {totals['resyncs']}, "
-              f"unmatched {totals['unmatched']}; CPU web {totals['web_cpu']}%, clients {totals['clients_cpu']}%)", flush=True)
-        print(f"  of which emit -> delta in the stream (tracker): p50 {percentile(tracker_hist, 0.5):.0f} ms, "
-              f"p99 {percentile(tracker_hist, 0.99):.0f} ms", flush=True)
+        push_p99 = percentile(m.push, 0.99)
+        print(f"  push, emit -> client: {_p(m.push)} over {sum(m.push.values()):,} deliveries "
+              f"({m.sent / args.seconds:,.0f} events/s; {_totals(m.totals)})", flush=True)
+        print(f"    emit -> delta in the stream (tracker): {_p(m.tracker)}", flush=True)
+        print(f"    delta in the stream -> client (hub and fan-out): {_p(m.fanout)}", flush=True)
         print(f"  REST poll every 5 s: p50 {rest[len(rest) // 2] * 1000:.0f} ms, p99 {rest[int(len(rest) * 0.99)] * 1000:.0f} ms "
               f"over {len(rest):,} events, {len(polls)} polls", flush=True)
         print(f"  target p99 < 100 ms: {'met' if push_p99 < 100 else 'NOT met'}", flush=True)
@@ -385,13 +474,12 @@ async def run(args: argparse.Namespace, admin: str, redis_url: str, tmp: Path) -
         for step in args.steps:
             workers = spawn_workers(url, step)
             connected = connect_all(workers)
-            hist, totals, _ = await measure(workers, emitter, args.step_rate, args.step_seconds, procs[1].pid)
-            p50, p99 = percentile(hist, 0.5), percentile(hist, 0.99)
+            m = await measure(workers, emitter, redis, deltas, args.step_rate, args.step_seconds, procs[1].pid)
+            p99 = percentile(m.push, 0.99)
             for w in workers:
                 w.stop()
-            print(f"  {connected:>6,} clients: p50 {p50:.0f} ms, p99 {p99:.0f} ms "
-                  f"(resyncs {totals['resyncs']}, closed {totals['closed']}; "
-                  f"CPU web {totals['web_cpu']}%, clients {totals['clients_cpu']}%)", flush=True)
+            print(f"  {connected:>6,} clients: emit -> client {_p(m.push)}; fan-out {_p(m.fanout)} "
+                  f"({_totals(m.totals)})", flush=True)
             if connected < step or not p99 < 1000:
                 break
             best = connected
