@@ -2,8 +2,10 @@
 
 Each subscriber has a bounded queue of frames, drained by its own task
 (pusher.session.serve), so a slow socket only ever delays itself. A frame is
-encoded once per batch and filter and shared by every subscriber it goes to.
-When a queue overflows it is coalesced into one frame holding the newest
+encoded once per batch and filter and shared by every subscriber it goes to;
+to a subscriber whose queue is empty and whose socket has buffer room it is
+written at once, without waking its task (the common case, and the cheap one
+with thousands of subscribers). When a queue overflows it is coalesced into one frame holding the newest
 version of each row; when even that is too big, the subscriber is marked for a
 resync and its queue dropped (its drain task then sends a fresh snapshot).
 
