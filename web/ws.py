@@ -94,7 +94,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if state.hub is None:
         raise ApiError(503, "unavailable", "live push is starting; try again shortly")
     ws = web.WebSocketResponse(
-        heartbeat=state.options.heartbeat, max_msg_size=MAX_CLIENT_MESSAGE, compress=False
+        heartbeat=state.options.heartbeat,
+        max_msg_size=MAX_CLIENT_MESSAGE,
+        compress=False,
+        writer_limit=WRITER_LIMIT,
     )
     await ws.prepare(request)
     state.sockets.add(ws)
@@ -196,6 +199,9 @@ async def _send_all(
 
 #: A frame is written straight from the hub only while the socket's buffer holds less.
 WRITE_NOW_LIMIT = 64 * 1024
+#: Bytes aiohttp writes before it waits for a full buffer to drain. With the limit
+#: above, a client that stops reading holds at most about 96 KiB plus a frame.
+WRITER_LIMIT = 32 * 1024
 
 
 def _write_now(ws: web.WebSocketResponse, transport: asyncio.Transport | None, frame: Frame) -> bool:

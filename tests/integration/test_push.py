@@ -308,19 +308,21 @@ async def test_a_stalled_client_does_not_delay_others_and_is_cut_over_to_a_snaps
             while not (new := set(push.hub.subscribers()) - before):
                 await asyncio.sleep(0.01)
         [stalled_sub] = new
-        shrink_server_send_buffer(push, stalled)
+        transport = shrink_server_send_buffer(push, stalled)
         jobs = [job_script() for _ in range(20)]
         await push.emit(*(j.emit("job.started") for j in jobs))
-        latencies, queue_sizes = [], []
+        latencies, queue_sizes, buffered = [], [], []
         for round_ in range(60):
             sent = time.monotonic()
             await push.emit(*(j.emit("stage.progress", stage="fetch", done=round_, total=100) for j in jobs))
             await fast.until(lambda s: all((stage(s, j, "fetch") or {}).get("done") == round_ for j in jobs))
             latencies.append(time.monotonic() - sent)
             queue_sizes.append(len(stalled_sub.frames))
+            buffered.append(transport.get_write_buffer_size())
         latencies.sort()
         assert latencies[int(len(latencies) * 0.95)] < 0.25, latencies[-5:]
         assert max(queue_sizes) <= options["queue_limit"]  # bounded, whatever it missed
+        assert max(buffered) < 256 * 1024  # and so are the bytes waiting in its socket's buffer
         assert stalled_sub.resync_reason == "slow"
 
         # When it reads again, it is sent a fresh snapshot of the whole state.
@@ -329,15 +331,16 @@ async def test_a_stalled_client_does_not_delay_others_and_is_cut_over_to_a_snaps
         stalled.close()
 
 
-def shrink_server_send_buffer(push: Push, client: socket.socket) -> None:
+def shrink_server_send_buffer(push: Push, client: socket.socket) -> asyncio.Transport:
     """Make the server's side of this connection buffer little, as over a slow link
-    (on loopback the kernel would otherwise absorb megabytes)."""
+    (on loopback the kernel would otherwise absorb megabytes); returns its transport."""
     port = client.getsockname()[1]
     for ws in push.server.app[PUSH].sockets:
-        sock = ws._req.transport.get_extra_info("socket")
+        transport = ws._req.transport
+        sock = transport.get_extra_info("socket")
         if sock.getpeername()[1] == port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            return
+            return transport
     raise AssertionError("no server socket for the stalled client")
 
 
