@@ -118,15 +118,17 @@ async def _pipeline(redis: aioredis.Redis, settings: Settings, rng: random.Rando
     queues = [_job_events(users[i % 3], rng) for i in range(JOBS)]
     sent = 0
     while any(queues):
-        queue = rng.choice([q for q in queues if q])
-        event = queue.pop(0)
-        copies = 2 if rng.random() < 0.05 else 1
-        for _ in range(copies):
-            await redis.xadd(settings.events_stream, {ev.EVENT_FIELD: ev.encode_event(event)})
-        sent += 1
-        if sent == epoch_at:
-            await new_epoch(redis, settings)  # as `recap-status rebuild` does
-        await asyncio.sleep(rng.uniform(0, 0.025))
+        for _ in range(rng.randint(1, 4)):
+            if not any(queues):
+                break
+            queue = rng.choice([q for q in queues if q])
+            event = queue.pop(0)
+            for _ in range(2 if rng.random() < 0.05 else 1):
+                await redis.xadd(settings.events_stream, {ev.EVENT_FIELD: ev.encode_event(event)})
+            sent += 1
+            if sent == epoch_at:
+                await new_epoch(redis, settings)  # as `recap-status rebuild` does
+        await asyncio.sleep(rng.uniform(0, 0.04))
     return sent
 
 
@@ -142,7 +144,7 @@ async def _client(
         try:
             async with session.ws_connect(rng.choice(urls), headers=headers) as ws:
                 await ws.send_str(subscribe_message(state).decode())
-                until = loop.time() + (3600 if staying else rng.uniform(0.05, 1.5))
+                until = loop.time() + (3600 if staying else rng.uniform(0.1, 2.0))
                 while not done.is_set() and (left := until - loop.time()) > 0:
                     msg = await ws.receive(timeout=min(left, 0.5))
                     if msg.type != aiohttp.WSMsgType.TEXT:
@@ -220,7 +222,6 @@ async def test_every_client_converges_to_the_rest_state(
             asyncio.create_task(_client(session, urls, token, state, random.Random(i), churn, done))
             for i, (token, state) in enumerate(clients)
         ]
-        started = time.monotonic()
         sent = await _pipeline(redis, settings, rng, epoch_at=120)
         await _drained(redis, settings)
         churn.set()  # from now on clients stay connected
@@ -235,7 +236,7 @@ async def test_every_client_converges_to_the_rest_state(
         done.set()
         await asyncio.gather(*tasks, return_exceptions=True)
     assert not differences, differences[:5]
-    assert sent > 200 and time.monotonic() - started < 60
+    assert sent > 200
     assert sum(s.resumes for _, s in clients) > CLIENTS  # clients did resume, not only take snapshots
     assert all(s.snapshots >= 1 for _, s in clients)
     per_user = {token: {len(s.jobs) for t, s in clients if t == token} for token in TOKENS}
