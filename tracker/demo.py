@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import fcntl
 import logging
 import os
@@ -202,9 +203,11 @@ async def _until_stopped(tasks: dict[str, asyncio.Task], stop: asyncio.Event) ->
 async def _simulate(args: argparse.Namespace, settings: Settings, stop: asyncio.Event) -> None:
     import redis.asyncio as aioredis
 
+    # Stalled jobs are failed after a while, so that a long-running demo does not pile them up.
+    options = dataclasses.replace(simulator.options_from(args), reap_after=3 * settings.stall_after)
     redis = aioredis.Redis.from_url(settings.redis_url)
     try:
-        report = await simulator.Simulator(redis, settings.events_stream, simulator.options_from(args)).run(stop)
+        report = await simulator.Simulator(redis, settings.events_stream, options).run(stop)
     finally:
         await redis.aclose()
     if not stop.is_set():

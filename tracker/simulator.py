@@ -31,7 +31,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import Job, Stage, Tracker
+from .client import Job, Stage, Tracker, emit_event
+from .events import JobFailed, new_event_id, utcnow
 from .settings import Settings
 from .statuses import DEFAULT_STAGES, GenrePhase, GenreStatus, JobKind, JobStatus, StageStatus
 
@@ -76,7 +77,8 @@ class SimOptions:
     real second; jobs: stop starting jobs after this many (morning runs
     included); duration: stop starting jobs after this many real seconds;
     morning_every: simulated seconds between morning runs (0: none);
-    failure_rate / stall_rate: share of jobs that fail / stall.
+    failure_rate / stall_rate: share of jobs that fail / stall; reap_after:
+    real seconds after which the orchestrator fails a stalled job (None: never).
     """
 
     rate: float = 5.0
@@ -88,6 +90,7 @@ class SimOptions:
     morning_every: float = 1800.0
     failure_rate: float = 0.04
     stall_rate: float = 0.02
+    reap_after: float | None = None
 
 
 @dataclass
@@ -355,21 +358,23 @@ class Simulator:
         self.events_sent = 0
         self._counts = {kind: 0 for kind in JobKind}
         self._running: set[asyncio.Task[None]] = set()
+        self._reapers: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event | None = None) -> SimulationReport:
         """Start jobs until `jobs` or `duration` is reached, then wait for the running
-        ones to end. When `stop` is set, running jobs are cancelled (they report
-        job.cancelled) instead."""
+        ones to end (and for stalled ones to be reaped). When `stop` is set,
+        running jobs are cancelled (they report job.cancelled) instead."""
         stop = stop or asyncio.Event()
         try:
             await self._schedule(stop)
-            while self._running and not stop.is_set():
+            while (self._running or self._reapers) and not stop.is_set():
                 await self._idle(stop, None)
         finally:
-            for task in self._running:
+            pending = self._running | self._reapers
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*self._running, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
         return SimulationReport(self.seed, self.outcomes, self.events_sent)
 
     async def _schedule(self, stop: asyncio.Event) -> None:
@@ -412,6 +417,7 @@ class Simulator:
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        self._reapers.discard(task)
         self._slot_freed.set()
 
     async def _idle(self, stop: asyncio.Event, timeout: float | None) -> None:
@@ -439,7 +445,11 @@ class Simulator:
             outcome.status = JobStatus.FAILED.value
             outcome.failed_stage = next(s for s, status in outcome.stages.items() if status == "failed")
         except _WorkerDied:
-            pass  # stays running; the dashboard shows it stalled after RECAP_STALL_AFTER
+            # It stays running (shown stalled after RECAP_STALL_AFTER) until the orchestrator gives up on it.
+            if self.options.reap_after is not None:
+                reaper = asyncio.create_task(self._reap(outcome))
+                self._reapers.add(reaper)
+                reaper.add_done_callback(self._ended)
         except asyncio.CancelledError:
             outcome.status = JobStatus.CANCELLED.value
             raise
@@ -450,6 +460,19 @@ class Simulator:
             self.outcomes.append(outcome)
             if self.on_job:
                 self.on_job(outcome)
+
+    async def _reap(self, outcome: JobOutcome) -> None:
+        """Fail a stalled job after `reap_after` seconds, as an operator would with
+        `recap-status emit job.failed` (a millisecond clock as seq sorts it last)."""
+        await asyncio.sleep(self.options.reap_after or 0)
+        stage = next((name for name, status in outcome.stages.items() if status == StageStatus.RUNNING.value), None)
+        error = f"worker lost: no heartbeat for {self.options.reap_after:g} s"
+        event = JobFailed(event_id=new_event_id(), job_id=outcome.job_id, seq=time.time_ns() // 1_000_000,
+                          at=utcnow(), error=error, stage=stage)
+        await emit_event(self.redis, self.stream, event)
+        outcome.status, outcome.failed_stage = JobStatus.FAILED.value, stage
+        if stage:
+            outcome.stages[stage] = StageStatus.FAILED.value
 
 
 # --------------------------------------------------------------------------- command

@@ -25,26 +25,8 @@ async def drain(consumer: Consumer) -> None:
         pass
 
 
-async def test_projection_matches_what_the_simulator_meant(
-    settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool
-) -> None:
-    consumer = Consumer(settings, redis, pg_pool)
-    stop = asyncio.Event()
-    projecting = asyncio.create_task(consumer.run(stop))
-    report = await Simulator(redis, settings.events_stream, OPTIONS).run()
-    stop.set()
-    await projecting
-    await drain(Consumer(settings, redis, pg_pool))  # a new one re-reads what the last read left pending
-
-    outcomes = {o.job_id: o for o in report.outcomes}
-    assert len(outcomes) == OPTIONS.jobs, summary(report)
-    seen = Counter("stalled" if o.stalled else o.status for o in outcomes.values())
-    assert seen.keys() == {"completed", "failed", "stalled"}, seen
-    assert {o.kind for o in outcomes.values()} == {"recap", "morning"}
-    assert {o.trigger_source for o in outcomes.values()} == {"system", "user"}
-    genre_endings = Counter((g.status, g.attempts > 1) for o in outcomes.values() for g in o.genres.values())
-    assert {("succeeded", True), ("partial", False), ("failed", True)} <= genre_endings.keys(), genre_endings
-
+async def assert_projected(pg_pool: asyncpg.Pool, outcomes: dict) -> None:
+    """The jobs, stages, genres and article counts in Postgres are what the simulator meant."""
     async with pg_pool.acquire() as conn:
         jobs = {r["job_id"]: r for r in await conn.fetch("SELECT * FROM recap_jobs")}
         stages = await conn.fetch("SELECT job_id, stage, status FROM recap_job_stages")
@@ -67,6 +49,29 @@ async def test_projection_matches_what_the_simulator_meant(
     }
 
 
+async def test_projection_matches_what_the_simulator_meant(
+    settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool
+) -> None:
+    consumer = Consumer(settings, redis, pg_pool)
+    stop = asyncio.Event()
+    projecting = asyncio.create_task(consumer.run(stop))
+    report = await Simulator(redis, settings.events_stream, OPTIONS).run()
+    stop.set()
+    await projecting
+    await drain(Consumer(settings, redis, pg_pool))  # a new one re-reads what the last read left pending
+
+    outcomes = {o.job_id: o for o in report.outcomes}
+    assert len(outcomes) == OPTIONS.jobs, summary(report)
+    seen = Counter("stalled" if o.stalled else o.status for o in outcomes.values())
+    assert seen.keys() == {"completed", "failed", "stalled"}, seen
+    assert {o.kind for o in outcomes.values()} == {"recap", "morning"}
+    assert {o.trigger_source for o in outcomes.values()} == {"system", "user"}
+    genre_endings = Counter((g.status, g.attempts > 1) for o in outcomes.values() for g in o.genres.values())
+    assert {("succeeded", True), ("partial", False), ("failed", True)} <= genre_endings.keys(), genre_endings
+
+    await assert_projected(pg_pool, outcomes)
+
+
 async def test_stopping_cancels_the_running_jobs(settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool) -> None:
     stop = asyncio.Event()
     simulator = Simulator(redis, settings.events_stream, SimOptions(speed=50, concurrency=3, rate=600, seed=3))
@@ -82,3 +87,11 @@ async def test_stopping_cancels_the_running_jobs(settings: Settings, redis: aior
         open_stages = await conn.fetchval("SELECT count(*) FROM recap_job_stages WHERE status = 'running'")
     assert rows == {o.job_id: "cancelled" for o in report.outcomes}
     assert open_stages == 0
+
+
+async def test_stalled_jobs_are_failed_by_the_reaper(settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool) -> None:
+    options = SimOptions(rate=600, speed=4000, jobs=3, seed=2, stall_rate=1.0, failure_rate=0.0, reap_after=0.2)
+    report = await Simulator(redis, settings.events_stream, options).run()
+    await drain(Consumer(settings, redis, pg_pool))
+    assert all(o.stalled and o.status == "failed" and o.failed_stage for o in report.outcomes)
+    await assert_projected(pg_pool, {o.job_id: o for o in report.outcomes})
