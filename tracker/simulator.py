@@ -34,7 +34,16 @@ from typing import Any
 from .client import Job, Stage, Tracker, emit_event
 from .events import JobFailed, new_event_id, utcnow
 from .settings import Settings
-from .statuses import DEFAULT_STAGES, GenrePhase, GenreStatus, JobKind, JobStatus, StageStatus
+from .statuses import (
+    DEFAULT_STAGES,
+    TERMINAL_GENRE_STATUSES,
+    GenrePhase,
+    GenreStatus,
+    JobKind,
+    JobStatus,
+    StageStatus,
+    TriggerSource,
+)
 
 GENRES = (
     "politics", "world", "business", "economy", "tech", "science",
@@ -312,7 +321,7 @@ class _Play:
         attempts = previous.attempts if previous else 0
         if status is GenreStatus.RUNNING and (previous is None or previous.status != GenreStatus.RUNNING.value):
             attempts += 1
-        elif status in (GenreStatus.SUCCEEDED, GenreStatus.PARTIAL, GenreStatus.FAILED):
+        elif status in TERMINAL_GENRE_STATUSES:
             attempts = max(attempts, 1)
         self.outcome.genres[name] = GenreOutcome(status.value, attempts)
         await self.job.genre(name, status.value, phase=phase.value if phase else None, **fields)
@@ -436,14 +445,15 @@ class Simulator:
         began = time.monotonic()
         job = tracker.job(kind=plan.kind.value, user_id=plan.user_id, window_days=plan.window_days,
                           genres=[g.name for g in plan.genres] or None)
-        outcome = JobOutcome(job.job_id, plan.kind.value, "user" if plan.user_id else "system", plan.user_id)
+        trigger = TriggerSource.USER if plan.user_id else TriggerSource.SYSTEM
+        outcome = JobOutcome(job.job_id, plan.kind.value, trigger.value, plan.user_id)
         try:
             async with job:
                 await _Play(plan, tracker, job, outcome, self.options.speed).run()
             outcome.status = JobStatus.COMPLETED.value
         except SimulatedFailure:
             outcome.status = JobStatus.FAILED.value
-            outcome.failed_stage = next(s for s, status in outcome.stages.items() if status == "failed")
+            outcome.failed_stage = next(s for s, st in outcome.stages.items() if st == StageStatus.FAILED.value)
         except _WorkerDied:
             # It stays running (shown stalled after RECAP_STALL_AFTER) until the orchestrator gives up on it.
             if self.options.reap_after is not None:
