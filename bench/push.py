@@ -194,7 +194,7 @@ async def worker(url: str, connections: int) -> None:
     connected = [0]
     host, port = url.split("//")[1].split("/")[0].split(":")
     tasks = [asyncio.create_task(_connect(host, int(port), rec, i == 0, gate, connected)) for i in range(connections)]
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=1 << 26)  # `report` carries a map of every offset
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := (await reader.readline()).decode().strip():
         if line == "connected?":
