@@ -85,6 +85,9 @@ class Consumer:
         self._last_claim = 0.0
         self._last_trim = 0.0
         self._stalled: set = set()
+        self._group_ready = False
+        self._prefetch: asyncio.Task[list[Entry]] | None = None
+        self._in_hand: list[Entry] | None = None
 
     async def setup(self) -> None:
         """Create the consumer group (and the stream) if they do not exist."""
@@ -109,41 +112,66 @@ class Consumer:
         """Run until `stop` is set; the batch in hand is finished first.
 
         Once its own pending entries are done, it reads the next batch from
-        Redis while Postgres commits the current one.
+        Redis while Postgres commits the current one. Redis or Postgres being
+        unreachable (at start too) is waited out with backoff.
         """
-        await self.setup()
         backoff = 0.1
         last_log = time.monotonic()
-        prefetch: asyncio.Task[list[Entry]] | None = None
-        while not stop.is_set():
-            try:
-                entries = await (prefetch or self._next_entries(None))
-                prefetch = None
-                if self._own_pending_done and entries:
-                    prefetch = asyncio.create_task(self._next_entries(None))
-                if entries:
-                    await self.handle(entries)
-                await self._housekeeping()
-                backoff = 0.1
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # Redis lost the stream (restarted without persistence, or flushed).
-                prefetch = await _discard(prefetch)
-                log.warning("tracker: consumer group is gone (%s); creating it again", exc)
-                await self.setup()
-            except _CONNECTION_ERRORS + (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
-                prefetch = await _discard(prefetch)
-                self._own_pending_done = False  # what was read but not applied is pending: read it again
-                log.warning("tracker: %s: %s; retrying in %.1fs", type(exc).__name__, exc, backoff)
-                await _sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, 5.0)
-            if time.monotonic() - last_log >= self.settings.log_every:
-                self._log_progress(time.monotonic() - last_log)
-                last_log = time.monotonic()
-        if prefetch is not None:
-            # Read but not handled: left pending, re-read by this consumer on its next start.
-            await _discard(prefetch)
+        self._prefetch = None
+        try:
+            while not stop.is_set():
+                try:
+                    await self._step()
+                    backoff = 0.1
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    # Redis lost the stream (restarted without persistence, or flushed).
+                    await self._drop_prefetch()
+                    log.warning("tracker: consumer group is gone (%s); creating it again", exc)
+                    self._group_ready = False
+                except _CONNECTION_ERRORS + (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+                    which = "Redis" if isinstance(exc, aioredis.RedisError) else "Postgres"
+                    log.warning("tracker: %s unreachable (%s: %s); retrying in %.1fs", which, type(exc).__name__, exc, backoff)
+                    await _sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 5.0)
+                if time.monotonic() - last_log >= self.settings.log_every:
+                    self._log_progress(time.monotonic() - last_log)
+                    last_log = time.monotonic()
+        finally:
+            await self._drop_prefetch()
+
+    async def _step(self) -> None:
+        if not self._group_ready:
+            await self.setup()
+            self._group_ready = True
+        if self._in_hand is None:
+            self._in_hand = await self._read_next()
+        if self._in_hand:
+            # On an outage this raises and the same entries are retried, not read
+            # again: re-reading would count as another delivery of each.
+            await self.handle(self._in_hand)
+        self._in_hand = None
+        await self._housekeeping()
+
+    async def _read_next(self) -> list[Entry]:
+        try:
+            entries = await (self._prefetch or self._next_entries(None))
+        except _CONNECTION_ERRORS + (aioredis.ConnectionError, aioredis.TimeoutError):
+            self._own_pending_done = False  # the reply may be lost after Redis delivered: read pending again
+            raise
+        finally:
+            self._prefetch = None
+        if self._own_pending_done and entries:
+            self._prefetch = asyncio.create_task(self._next_entries(None))
+        return entries
+
+    async def _drop_prefetch(self) -> None:
+        """A batch read ahead but not handled stays pending for this consumer: read it again."""
+        if self._prefetch is not None:
+            await _discard(self._prefetch)
+            self._prefetch = None
+            self._own_pending_done = False
 
     # --- reading --------------------------------------------------------------
 
@@ -324,14 +352,12 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _discard(task: asyncio.Task | None) -> None:
-    if task is not None:
-        task.cancel()
-        try:
-            await task
-        except BaseException:  # noqa: BLE001 - whatever it ended with, it is gone
-            pass
-    return None
+async def _discard(task: asyncio.Task) -> None:
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # noqa: BLE001 - whatever it ended with, it is gone
+        pass
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

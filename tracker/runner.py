@@ -37,7 +37,8 @@ async def run_tracker(settings: Settings, stop: asyncio.Event | None = None, on_
     publisher = None
     if on_commit is None:
         on_commit = publisher = await _delta_publisher(settings)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    # min_size=0: no connection at start, so an unreachable Postgres is waited out like an outage.
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=4)
     redis = aioredis.from_url(settings.redis_url, socket_timeout=max(5.0, settings.block_ms / 1000 + 5))
     try:
         stop_on_signals(stop)

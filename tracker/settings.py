@@ -72,7 +72,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     batch_size: Annotated[int, Meta(ge=1, le=50_000)] = 2_000
     block_ms: PositiveInt = 1_000
     claim_idle_ms: PositiveInt = 30_000
-    max_deliveries: PositiveInt = 5
+    max_deliveries: PositiveInt = 10
     max_event_bytes: Annotated[int, Meta(ge=256)] = 64 * 1024
     stall_after: Seconds = 300.0
     #: Identical REST polls within this many ms share one answer (0: off).
