@@ -134,8 +134,9 @@ async def _session(
             subscription = await _read_subscribe(ws, msg, principal)
             if subscription is None:
                 return
-            if sender is not None:  # a new subscribe replaces the old one
+            if sender is not None:  # a new subscribe replaces the old one, which stops first
                 sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
             sender = asyncio.create_task(_send_all(ws, transport, hub, *subscription))
             msg = await ws.receive()
     except TimeoutError:
