@@ -17,6 +17,7 @@ export function createConnection({ store, api, getToken, getFilters, onMode, onA
   let retryAt = 0;
   let polling = false;
   let pollTimer = null;
+  let pollSeq = 0; // only the newest poll's answer is applied (filters may change while one is in flight)
   let stopped = false;
   // The filters the held cursor belongs to: resuming under other filters would miss their jobs.
   let cursorKey = null;
@@ -93,9 +94,10 @@ export function createConnection({ store, api, getToken, getFilters, onMode, onA
     clearTimeout(pollTimer);
     pollTimer = null;
     if (!polling || document.hidden) return; // the visibility handler polls again when shown
+    const seq = ++pollSeq;
     try {
       const body = await api.progress(restFilters());
-      if (!polling) return; // the socket came back meanwhile: its snapshot is newer
+      if (!polling || seq !== pollSeq) return; // the socket came back meanwhile, or a newer poll was sent
       store.applyProgress(body);
       report("polling");
     } catch (err) {
@@ -104,7 +106,7 @@ export function createConnection({ store, api, getToken, getFilters, onMode, onA
         onAuthError(err);
         return;
       }
-      if (polling) report("offline", { message: err.message });
+      if (polling && seq === pollSeq) report("offline", { message: err.message });
     }
     if (polling && !pollTimer) pollTimer = setTimeout(poll, POLL_MS);
   }

@@ -47,5 +47,5 @@ function GenreRows(g) {
     h("td", { class: g.attempts > 1 ? "num col-tries retried" : "num col-tries" }, fmt.count(g.attempts)));
   if (!g.error) return [row];
   return [row, h("tr", { "data-key": `e:${g.genre}`, class: "genre-error" },
-    h("td", { colspan: 6, class: "error-text" }, g.error))];
+    h("td", { colspan: 6 }, h("span", { class: "error-text" }, g.error)))];
 }
