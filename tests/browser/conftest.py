@@ -42,13 +42,10 @@ CHROMIUM_ARGS = [
 ADMIN_TOKEN = "browser-admin-token"
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.browser
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     reason = _missing()
     for item in items:
-        if "tests/browser" in str(item.fspath):
+        if "tests/browser" in str(item.fspath) and {"system", "browser"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.browser)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))

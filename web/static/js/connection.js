@@ -21,6 +21,7 @@ export function createConnection({ store, api, getToken, getFilters, onMode, onA
   let stopped = false;
   // The filters the held cursor belongs to: resuming under other filters would miss their jobs.
   let cursorKey = null;
+  let sentKey = null;
 
   const filtersKey = () => JSON.stringify(getFilters());
   const report = (mode, detail = {}) => onMode(mode, { retryAt, ...detail });
@@ -34,7 +35,8 @@ export function createConnection({ store, api, getToken, getFilters, onMode, onA
 
   function subscribe(socket, resume) {
     const message = { type: "subscribe", filters: getFilters() };
-    if (resume && store.state.cursor && cursorKey === filtersKey()) message.cursor = store.state.cursor;
+    sentKey = filtersKey();
+    if (resume && store.state.cursor && cursorKey === sentKey) message.cursor = store.state.cursor;
     socket.send(JSON.stringify(message));
   }
 
@@ -52,7 +54,7 @@ export function createConnection({ store, api, getToken, getFilters, onMode, onA
       if (msg.type === "snapshot" || msg.type === "resumed") {
         clearTimeout(giveUp);
         attempt = 0;
-        cursorKey = filtersKey();
+        cursorKey = sentKey;
         if (!live) {
           live = true;
           stopPolling();

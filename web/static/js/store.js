@@ -93,11 +93,6 @@ export function createStore() {
       emit(new Set(jobs.keys()));
     },
 
-    setStats(stats) {
-      state.stats = stats;
-      emit(new Set());
-    },
-
     isStalled(entry, now) {
       const job = entry.job;
       if (job.status !== "running") return false;
@@ -137,7 +132,9 @@ function keepNewest(rows, key, row) {
 }
 
 function sortByKick(entries) {
-  return entries.sort((a, b) => b.job.kicked_at.localeCompare(a.job.kicked_at) || a.job.job_id.localeCompare(b.job.job_id));
+  // Parsed, not compared as text: "…:01Z" sorts after "…:01.5Z" as a string.
+  const at = (e) => Date.parse(e.job.kicked_at);
+  return entries.sort((a, b) => at(b) - at(a) || a.job.job_id.localeCompare(b.job.job_id));
 }
 
 /** A REST row replacing a held one: fields REST lacks survive only if the row has not moved. */
