@@ -15,7 +15,7 @@ event = the time the first poll showing it (the job's `updated_at` >= its
 `at`) was answered, minus `at`.
 
     .venv/bin/python bench/push.py [--clients 1000] [--rate 1000] [--seconds 20]
-                                   [--steps 1000,2500,5000,7500,10000] [--step-rate 1000] [--step-seconds 10]
+                                   [--steps 1000,2500,5000,7500,10000,12500,15000] [--step-rate 1000] [--step-seconds 10]
 
 Uses BENCH_DATABASE_URL (a role allowed to CREATE DATABASE) and BENCH_REDIS_URL
 when set, else embedded servers in a temporary directory. Loopback only.
@@ -501,7 +501,7 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=1_000)
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[1_000, 2_500, 5_000, 7_500, 10_000])
+    parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[1_000, 2_500, 5_000, 7_500, 10_000, 12_500, 15_000])
     parser.add_argument("--step-rate", type=int, default=1_000)
     parser.add_argument("--step-seconds", type=float, default=10)
     args = parser.parse_args()
