@@ -57,3 +57,16 @@ def test_the_command_stops_at_start_naming_the_bad_variable() -> None:
 def test_a_missing_connection_setting_is_named() -> None:
     done = subprocess.run([sys.executable, "-m", "tracker"], env={"PATH": ""}, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "DATABASE_URL is not set" in done.stderr
+
+
+def test_the_readme_lists_every_setting_with_its_default() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    defaults = Settings()
+    for field, variable in ENV_NAMES.items():
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{variable}` |")), None)
+        assert row is not None, f"{variable} is missing from the README's configuration table"
+        default = getattr(defaults, field)
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            assert f"`{default:g}`" in row, f"{variable}: the README does not give the default {default:g}"
