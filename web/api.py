@@ -2,7 +2,7 @@
 
 Each response takes a fixed number of queries whatever `limit` is: the recent
 jobs in one, all their status histories in one (`job_id = ANY($1)`), the stage
-and genre rows of all running jobs in one each, and the stats in two.
+and genre rows of all running jobs in one each, and the stats (with the previous window's) in two.
 
 The `*_response` functions return the msgspec structs of `shapes.py` (the REST
 handlers encode them directly); `job_progress`, `job_stats` and `job_detail`
@@ -38,6 +38,7 @@ from .shapes import (
     JobProgress,
     JobStats,
     KindCounts,
+    PreviousStats,
     RecentJob,
     StageDuration,
     StageState,
@@ -81,11 +82,22 @@ async def job_progress_response(
         q.RECENT_JOBS, since, user, params.kind, params.trigger_source, statuses, stall_before, params.limit
     )
     active = await conn.fetch(q.ACTIVE_JOBS, user, params.kind, params.trigger_source, MAX_ACTIVE_JOBS)
-    histories = _by_job(await conn.fetch(q.HISTORIES, [r["job_id"] for r in recent]))
+    recent_ids = [r["job_id"] for r in recent]
+    histories = _by_job(await conn.fetch(q.HISTORIES, recent_ids))
     active_ids = [r["job_id"] for r in active]
     stages = _by_job(await conn.fetch(q.STAGES, active_ids))
     genres = _by_job(await conn.fetch(q.GENRES, active_ids))
-    stats = await _stats(conn, user, params.kind or JobKind.RECAP.value, params.window, since, stall_before)
+    stats = await _stats(
+        conn,
+        user,
+        StatsParams(
+            window=params.window,
+            kind=params.kind or JobKind.RECAP.value,
+            trigger_source=params.trigger_source,
+            stall_after=params.stall_after,
+        ),
+        now,
+    )
     context = await _user_context(conn, user, since) if user is not None else None
     active_jobs = [
         active_job(r, stages[r["job_id"]], genres[r["job_id"]], stall_before, r["user_article_count"])
@@ -291,10 +303,7 @@ async def job_stats_response(
 ) -> JobStats:
     """GET /v1/dashboard/job-stats, as the principal may see it."""
     user = effective_user(principal, params.user_id)
-    now = now or datetime.now(timezone.utc)
-    since = now - timedelta(seconds=params.window)
-    stall_before = now - timedelta(seconds=params.stall_after)
-    return await _stats(conn, user, params.kind, params.window, since, stall_before)
+    return await _stats(conn, user, params, now or datetime.now(timezone.utc))
 
 
 async def job_stats(conn: asyncpg.Connection, principal: Principal, params: StatsParams) -> dict[str, Any]:
@@ -302,11 +311,18 @@ async def job_stats(conn: asyncpg.Connection, principal: Principal, params: Stat
     return msgspec.to_builtins(await job_stats_response(conn, principal, params))
 
 
-async def _stats(
-    conn: asyncpg.Connection, user: uuid.UUID | None, kind: str, window: int, since: datetime, stall_before: datetime
-) -> JobStats:
-    rows = {r["kind"]: r for r in await conn.fetch(q.STATS_BY_KIND, since, user, stall_before)}
-    stage_rows = await conn.fetch(q.STAGE_AVERAGES, since, user, kind)
+async def _stats(conn: asyncpg.Connection, user: uuid.UUID | None, params: StatsParams, now: datetime) -> JobStats:
+    """The stats of `params.kind` (user and trigger source as given; `params.user_id` is not read:
+    `user` is the user in effect), and the previous window's, in two statements."""
+    kind = params.kind
+    since = now - timedelta(seconds=params.window)
+    previous_since = since - timedelta(seconds=params.window)
+    stall_before = now - timedelta(seconds=params.stall_after)
+    rows = {
+        r["kind"]: r
+        for r in await conn.fetch(q.STATS_BY_KIND, since, user, stall_before, params.trigger_source, previous_since)
+    }
+    stage_rows = await conn.fetch(q.STAGE_AVERAGES, since, user, kind, params.trigger_source)
     by_kind = {k: _kind_counts(rows.get(k)) for k in KINDS}
     counts = by_kind[kind]
     durations = rows.get(kind)
@@ -317,7 +333,7 @@ async def _stats(
         total_jobs_24h=counts.total,
         running_jobs=counts.running,
         failed_jobs_24h=counts.failed,
-        window=window,
+        window=params.window,
         kind=kind,
         completed_jobs_24h=counts.completed,
         cancelled_jobs_24h=counts.cancelled,
@@ -329,6 +345,29 @@ async def _stats(
             for r in stage_rows
         ],
         by_kind=by_kind,
+        trigger_source=params.trigger_source,
+        stall_after_secs=params.stall_after,
+        previous=_previous_stats(durations),
+    )
+
+
+def _previous_stats(row: Row | None) -> PreviousStats:
+    """The previous window's figures from the `prev_*` columns of a kind's stats row."""
+    if row is None:
+        return PreviousStats(
+            success_rate_24h=0.0, avg_duration_secs=None, p50_duration_secs=None, p95_duration_secs=None,
+            total_jobs_24h=0, completed_jobs_24h=0, failed_jobs_24h=0, cancelled_jobs_24h=0,
+        )  # fmt: skip
+    finished = row["prev_completed"] + row["prev_failed"] + row["prev_cancelled"]
+    return PreviousStats(
+        success_rate_24h=row["prev_completed"] / finished if finished else 0.0,
+        avg_duration_secs=_whole(row["prev_avg_secs"]),
+        p50_duration_secs=_millis(row["prev_p50_secs"]),
+        p95_duration_secs=_millis(row["prev_p95_secs"]),
+        total_jobs_24h=row["prev_total"],
+        completed_jobs_24h=row["prev_completed"],
+        failed_jobs_24h=row["prev_failed"],
+        cancelled_jobs_24h=row["prev_cancelled"],
     )
 
 

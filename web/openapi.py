@@ -80,6 +80,10 @@ _LIMIT = _query(
     "How many rows at most.",
 )
 
+_TRIGGER_SOURCE = _query(
+    "trigger_source", {"type": "string", "enum": list(TRIGGER_SOURCES)}, "Only jobs started so (default: every source)."
+)
+
 _PUBLIC: Json = {"security": []}
 
 #: Every documented operation (all GET), by path.
@@ -102,15 +106,16 @@ OPERATIONS: dict[str, Json] = {
                 style="form",
                 explode=True,
             ),
-            _query("trigger_source", {"type": "string", "enum": list(TRIGGER_SOURCES)}, "Only jobs started so."),
+            {**_TRIGGER_SOURCE, "description": "Only jobs started so; also the trigger source of `stats`."},
         ],
     ),
     "/v1/dashboard/job-stats": _operation(
         "getJobStats",
-        "Success rate, counts and durations of one kind's jobs in the window (finished jobs only for durations).",
+        "Success rate, counts and durations of one kind's jobs in the window (finished jobs only for durations), "
+        "the same figures for the window before it (`previous`), and the stall threshold.",
         _json("The stats.", _ref("JobStats")),
         (400, 401, 403, 503),
-        parameters=[_USER_ID, _WINDOW, {**_KIND, "description": "Job kind (default recap)."}],
+        parameters=[_USER_ID, _WINDOW, {**_KIND, "description": "Job kind (default recap)."}, _TRIGGER_SOURCE],
     ),
     "/v1/dashboard/jobs/{job_id}": _operation(
         "getJob",

@@ -52,6 +52,8 @@ class StatsParams(msgspec.Struct, frozen=True, kw_only=True):
     user_id: uuid.UUID | None = None
     window: int = DEFAULT_WINDOW
     kind: str = JobKind.RECAP.value
+    #: Only jobs started so (None: every job), as job-progress's `trigger_source`.
+    trigger_source: str | None = None
     stall_after: float = 300.0
 
 
@@ -74,6 +76,7 @@ def stats_params(query: Any, settings: Settings) -> StatsParams:
         user_id=uuid_param(query, "user_id"),
         window=int_param(query, "window", DEFAULT_WINDOW, 1, MAX_WINDOW),
         kind=choice_param(query, "kind", KINDS) or JobKind.RECAP.value,
+        trigger_source=choice_param(query, "trigger_source", TRIGGER_SOURCES),
         stall_after=settings.stall_after,
     )
 

@@ -67,7 +67,9 @@ ORDER BY job_id, genre
 """
 
 # One row per kind: counts of the window's jobs, running and stalled jobs of any
-# age, and durations of the window's finished jobs only. $1 since, $2 user, $3 stalled before.
+# age, and durations of the window's finished jobs only; the same counts and
+# durations (prev_*) for the window of the same length just before it.
+# $1 since, $2 user, $3 stalled before, $4 trigger_source, $5 since of the previous window.
 STATS_BY_KIND = """
 SELECT kind,
        count(*) FILTER (WHERE kicked_at >= $1) AS total,
@@ -78,20 +80,35 @@ SELECT kind,
        count(*) FILTER (WHERE status = 'running' AND last_event_at < $3) AS stalled,
        avg(duration) AS avg_secs,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY duration) AS p50_secs,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY duration) AS p95_secs
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY duration) AS p95_secs,
+       count(*) FILTER (WHERE previous) AS prev_total,
+       count(*) FILTER (WHERE previous AND status = 'completed') AS prev_completed,
+       count(*) FILTER (WHERE previous AND status = 'failed') AS prev_failed,
+       count(*) FILTER (WHERE previous AND status = 'cancelled') AS prev_cancelled,
+       avg(prev_duration) AS prev_avg_secs,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY prev_duration) AS prev_p50_secs,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY prev_duration) AS prev_p95_secs
 FROM (
-    SELECT kind, status, kicked_at, last_event_at,
-           CASE WHEN kicked_at >= $1 AND finished_at IS NOT NULL
-                THEN greatest(extract(epoch FROM finished_at - kicked_at), 0)::float8
-           END AS duration
-    FROM recap_jobs
-    WHERE (kicked_at >= $1 OR status = 'running') AND ($2::uuid IS NULL OR user_id = $2)
+    SELECT kind, status, kicked_at, last_event_at, previous,
+           CASE WHEN kicked_at >= $1 THEN duration END AS duration,
+           CASE WHEN previous THEN duration END AS prev_duration
+    FROM (
+        SELECT kind, status, kicked_at, last_event_at,
+               kicked_at >= $5 AND kicked_at < $1 AS previous,
+               CASE WHEN finished_at IS NOT NULL
+                    THEN greatest(extract(epoch FROM finished_at - kicked_at), 0)::float8
+               END AS duration
+        FROM recap_jobs
+        WHERE (kicked_at >= $5 OR status = 'running')
+          AND ($2::uuid IS NULL OR user_id = $2)
+          AND ($4::text IS NULL OR trigger_source = $4)
+    ) AS jobs
 ) AS scoped
 GROUP BY kind
 """
 
 # Average duration of each completed stage over the window's finished jobs of a kind,
-# in pipeline order. $1 since, $2 user, $3 kind.
+# in pipeline order. $1 since, $2 user, $3 kind, $4 trigger_source.
 STAGE_AVERAGES = """
 SELECT s.stage,
        avg(greatest(extract(epoch FROM s.finished_at - s.started_at), 0))::float8 AS avg_secs,
@@ -99,6 +116,7 @@ SELECT s.stage,
 FROM recap_jobs j
 JOIN recap_job_stages s ON s.job_id = j.job_id
 WHERE j.kicked_at >= $1 AND ($2::uuid IS NULL OR j.user_id = $2) AND j.kind = $3
+  AND ($4::text IS NULL OR j.trigger_source = $4)
   AND j.finished_at IS NOT NULL
   AND s.status = 'completed' AND s.started_at IS NOT NULL AND s.finished_at IS NOT NULL
 GROUP BY s.stage

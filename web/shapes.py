@@ -68,6 +68,21 @@ class StageDuration(msgspec.Struct):
     jobs: Count
 
 
+class PreviousStats(msgspec.Struct):
+    """Ours: the same figures for the window of the same length just before this one
+    (jobs kicked off from 2 x `window` up to `window` seconds ago), for trends. Each
+    field means what the stats field of the same name means."""
+
+    success_rate_24h: Annotated[float, Meta(ge=0, le=1)]
+    avg_duration_secs: Count | None
+    p50_duration_secs: Seconds | None
+    p95_duration_secs: Seconds | None
+    total_jobs_24h: Count
+    completed_jobs_24h: Count
+    failed_jobs_24h: Count
+    cancelled_jobs_24h: Count
+
+
 class JobStats(msgspec.Struct):
     success_rate_24h: Annotated[float, Meta(ge=0, le=1)]
     avg_duration_secs: Count | None
@@ -84,6 +99,11 @@ class JobStats(msgspec.Struct):
     p95_duration_secs: Seconds | None
     stage_durations: list[StageDuration]
     by_kind: dict[KindName, KindCounts]
+    #: The `trigger_source` filter the figures are for; null: jobs of every source.
+    trigger_source: TriggerName | None
+    #: RECAP_STALL_AFTER: a running job with no event for this long is `stalled`.
+    stall_after_secs: Seconds
+    previous: PreviousStats
 
 
 # --- job-progress ------------------------------------------------------------
