@@ -2,7 +2,8 @@
 
 Each response takes a fixed number of queries whatever `limit` is: the recent
 jobs in one, all their status histories in one (`job_id = ANY($1)`), the stage
-and genre rows of all running jobs in one each, and the stats (with the previous window's) in two.
+rows of all running and recent jobs in one, the genre rows of all running jobs
+in one, and the stats (with the previous window's) in two.
 
 The `*_response` functions return the msgspec structs of `shapes.py` (the REST
 handlers encode them directly); `job_progress`, `job_stats` and `job_detail`
@@ -85,7 +86,7 @@ async def job_progress_response(
     recent_ids = [r["job_id"] for r in recent]
     histories = _by_job(await conn.fetch(q.HISTORIES, recent_ids))
     active_ids = [r["job_id"] for r in active]
-    stages = _by_job(await conn.fetch(q.STAGES, active_ids))
+    stages = _by_job(await conn.fetch(q.STAGES, list(dict.fromkeys(active_ids + recent_ids))))
     genres = _by_job(await conn.fetch(q.GENRES, active_ids))
     stats = await _stats(
         conn,
@@ -105,7 +106,7 @@ async def job_progress_response(
     ]
     return JobProgress(
         active_job=active_jobs[0] if active_jobs else None,
-        recent_jobs=[recent_job(r, histories[r["job_id"]], stall_before) for r in recent],
+        recent_jobs=[recent_job(r, histories[r["job_id"]], stages[r["job_id"]], stall_before) for r in recent],
         stats=stats,
         user_context=context,
         active_jobs=active_jobs,
@@ -143,7 +144,8 @@ def active_job(
     )
 
 
-def recent_job(job: Row, history_rows: Sequence[Row], stall_before: datetime) -> RecentJob:
+def recent_job(job: Row, history_rows: Sequence[Row], stage_rows: Sequence[Row], stall_before: datetime) -> RecentJob:
+    stages = stage_states(job, stage_rows)
     return RecentJob(
         job_id=job["job_id"],
         status=job["status"],
@@ -159,6 +161,10 @@ def recent_job(job: Row, history_rows: Sequence[Row], stall_before: datetime) ->
         finished_at=job["finished_at"],
         error=job["error"],
         stalled=is_stalled(job, stall_before),
+        article_count=job["article_count"],
+        last_event_at=job["last_event_at"],
+        stage_names=[s.stage for s in stages],
+        stages_completed=[s.stage for s in stages if s.status == _COMPLETED_STAGE],
     )
 
 
@@ -235,8 +241,10 @@ def stage_index(current_stage: str | None, stages: Sequence[StageState]) -> int:
 
 def genre_progress(expected: Sequence[str] | None, genre_rows: Sequence[Row]) -> dict[str, GenreProgress]:
     """Every genre: the expected ones first (pending until reported), then the others."""
-    progress = {name: GenreProgress(status="pending", cluster_count=None, article_count=None, phase=None, attempts=0)
-                for name in expected or ()}  # fmt: skip
+    progress = {
+        name: GenreProgress(status="pending", cluster_count=None, article_count=None, phase=None, attempts=0, error=None)
+        for name in expected or ()
+    }
     for r in genre_rows:
         progress[r["genre"]] = GenreProgress(
             status=r["status"],
@@ -244,6 +252,7 @@ def genre_progress(expected: Sequence[str] | None, genre_rows: Sequence[Row]) ->
             article_count=r["article_count"],
             phase=r["phase"],
             attempts=r["attempts"],
+            error=r["error"],
         )
     return progress
 

@@ -116,6 +116,8 @@ class GenreProgress(msgspec.Struct):
     # ours
     phase: str | None
     attempts: Count
+    #: The genre's error as reported with its status (cleared when it runs again), else null.
+    error: str | None
 
 
 class SubStageProgress(msgspec.Struct):
@@ -185,6 +187,12 @@ class RecentJob(msgspec.Struct):
     finished_at: Timestamp | None
     error: str | None
     stalled: bool
+    article_count: Count
+    last_event_at: Timestamp
+    #: The job's stages in pipeline order (as in the job detail's `stages`).
+    stage_names: list[str]
+    #: The completed ones among them, in pipeline order.
+    stages_completed: list[str]
 
 
 class UserContext(msgspec.Struct):

@@ -1,7 +1,10 @@
 """What the dashboard needed from the REST API: stats by trigger source and for the
-previous window, and the stall threshold."""
+previous window, the stall threshold, genre errors in job-progress, and recent jobs
+with their articles, last event and completed stages."""
 
 from __future__ import annotations
+
+import random
 
 import asyncpg
 import pytest
@@ -15,6 +18,7 @@ from tests.integration.test_api_support import (
     Api,
     api,  # noqa: F401 - fixture
     api_settings,
+    is_timestamp,
     project,
     run_stages,
     script,
@@ -147,3 +151,75 @@ async def test_stall_after_is_published(api: Api, settings: Settings, pg_pool: a
         assert progress["stats"]["stall_after_secs"] == 900.0
         assert progress["active_job"]["stalled"] is False
     assert (await api.ok(STATS))["stalled_jobs"] == 1  # 300 s: stalled
+
+
+# --- genre errors in job-progress ------------------------------------------------
+
+
+async def test_genre_progress_has_error_attempts_and_phase(api: Api, pg_pool: asyncpg.Pool) -> None:
+    job = script(120, genres=["tech", "world", "sports", "health"])
+    job.emit("genre.status", genre="tech", status="running", phase="clustering")
+    job.emit("genre.status", genre="tech", status="failed", error="llm timeout")
+    job.emit("genre.status", genre="world", status="running", phase="evidence")
+    job.emit("genre.status", genre="world", status="failed", error="first try")
+    job.emit("genre.status", genre="world", status="running", phase="summarization")  # a retry clears it
+    job.emit("genre.status", genre="sports", status="succeeded", phase="summarization", cluster_count=2)
+    await project(pg_pool, job)
+
+    genres = (await api.ok(PROGRESS))["active_job"]["genre_progress"]
+    fields = ("status", "phase", "attempts", "error")
+    assert {name: tuple(g[f] for f in fields) for name, g in genres.items()} == {
+        "tech": ("failed", "clustering", 1, "llm timeout"),
+        "world": ("running", "summarization", 2, None),
+        "sports": ("succeeded", "summarization", 1, None),
+        "health": ("pending", None, 0, None),
+    }
+    detail = {g["genre"]: g for g in (await api.ok(f"/v1/dashboard/jobs/{job.job_id}"))["genres"]}
+    assert {name: tuple(detail[name][f] for f in fields) for name in genres} == {
+        name: tuple(g[f] for f in fields) for name, g in genres.items()
+    }  # the same as the job detail says
+
+
+# --- recent jobs -------------------------------------------------------------------
+
+
+async def test_recent_jobs_have_articles_last_event_and_completed_stages(api: Api, pg_pool: asyncpg.Pool) -> None:
+    failed = script(5000)
+    failed.emit("articles.added", articles=[{"article_id": a} for a in ("a1", "a2", "a3")])
+    run_stages(failed, DEFAULT_STAGES[:3])  # fetch, preprocess, dedup: not alphabetical
+    failed.emit("stage.started", seconds=0, stage="genre")
+    failed.emit("stage.failed", seconds=5, stage="genre", error="classifier down")
+    failed.emit("job.failed", seconds=1, stage="genre", error="classifier down")
+    done = script(4000)
+    run_stages(done, DEFAULT_STAGES)
+    done.emit("job.completed", seconds=0)
+    custom = script(3000, stages=["collect", "write"], kind="morning")
+    run_stages(custom, ["collect"])
+    custom.emit("stage.started", seconds=0, stage="write")
+    fresh = script(10)
+    events = [*failed.events, *done.events, *custom.events, *fresh.events]
+    random.Random(3).shuffle(events)  # arrival order does not matter
+    await project(pg_pool, events)
+
+    body = await api.ok(PROGRESS)
+    recent = {j["job_id"]: j for j in body["recent_jobs"]}
+    got = recent[str(failed.job_id)]
+    assert (got["article_count"], got["stages_completed"]) == (3, ["fetch", "preprocess", "dedup"])
+    assert got["stage_names"] == list(DEFAULT_STAGES)
+    assert is_timestamp(got["last_event_at"])
+    assert got["last_event_at"].replace("Z", "+00:00") == failed.events[-1].at.isoformat()
+    assert recent[str(done.job_id)]["stages_completed"] == list(DEFAULT_STAGES)
+    assert recent[str(done.job_id)]["article_count"] == 0
+    assert (recent[str(custom.job_id)]["stage_names"], recent[str(custom.job_id)]["stages_completed"]) == (
+        ["collect", "write"], ["collect"],
+    )  # fmt: skip
+    assert (recent[str(fresh.job_id)]["stage_names"], recent[str(fresh.job_id)]["stages_completed"]) == (
+        list(DEFAULT_STAGES), [],
+    )  # fmt: skip
+    # a running job says the same in recent_jobs as in active_jobs
+    active = {j["job_id"]: j for j in body["active_jobs"]}
+    for job_id in (str(custom.job_id), str(fresh.job_id)):
+        assert recent[job_id]["stages_completed"] == active[job_id]["stages_completed"]
+        assert recent[job_id]["stage_names"] == [s["stage"] for s in active[job_id]["stages"]]
+        assert recent[job_id]["last_event_at"] == active[job_id]["last_event_at"]
+        assert recent[job_id]["article_count"] == active[job_id]["total_articles"]

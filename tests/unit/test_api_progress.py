@@ -25,7 +25,7 @@ def _row(**fields: Any) -> dict[str, Any]:
 
 def genre(name: str, status: str, phase: str | None = None) -> dict[str, Any]:
     return {"genre": name, "status": status, "phase": phase, "cluster_count": None, "article_count": None,
-            "attempts": 1}  # fmt: skip
+            "attempts": 1, "error": None}  # fmt: skip
 
 
 def test_stage_index_is_the_running_stage_or_the_next_one() -> None:
