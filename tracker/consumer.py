@@ -124,7 +124,7 @@ class Consumer:
                     await self._step()
                     backoff = 0.1
                 except ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
+                    if not _stream_is_gone(exc):
                         raise
                     # Redis lost the stream (restarted without persistence, or flushed).
                     await self._drop_prefetch()
@@ -326,7 +326,12 @@ class Consumer:
         self._stalled = stalled
 
     async def _oldest_unacknowledged(self) -> bytes | None:
-        groups = await self.redis.xinfo_groups(self.stream)
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except ResponseError as exc:
+            if _stream_is_gone(exc):
+                return None  # nothing to trim; the next read recreates the group
+            raise
         group = next((g for g in groups if _text(g["name"]) == GROUP), None)
         if group is None:
             return None
@@ -346,6 +351,12 @@ class Consumer:
             "tracker: %d events applied (%.0f/s over the last %.0fs), %d duplicates, %d dead letters, lag %s",
             c.applied, rate, elapsed, c.duplicates, c.dead, "?" if c.lag is None else c.lag,
         )
+
+
+def _stream_is_gone(exc: ResponseError) -> bool:
+    """Redis restarted without persistence, or was flushed: the stream and group are gone."""
+    message = str(exc)
+    return "NOGROUP" in message or "no such key" in message
 
 
 def _text(value: bytes | str) -> str:

@@ -145,3 +145,33 @@ async def test_a_job_without_events_for_stall_after_is_reported_stalled(
     await consumer._housekeeping()
     stalled = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
     assert len(stalled) == 1 and str(quiet.job_id) in stalled[0] and str(finished.job_id) not in stalled[0]
+
+
+async def test_the_tracker_carries_on_when_redis_loses_the_stream(
+    settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool
+) -> None:
+    fast = Settings(**{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "block_ms": 50})
+    consumer = Consumer(fast, redis, pg_pool)
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    job = JobScript()
+    try:
+        await redis.xadd(settings.events_stream, {"event": valid_json(job, "job.started")})
+        await asyncio.sleep(0.3)
+        await redis.delete(settings.events_stream)  # a FLUSHALL, or a restart without persistence
+        consumer._last_trim = 0.0
+        await consumer._housekeeping()  # against the missing stream: nothing to trim, no error
+        await asyncio.sleep(0.3)
+        await consumer.setup()  # a producer's first XADD would recreate the stream, not the group
+        await redis.xadd(settings.events_stream, {"event": valid_json(job, "job.completed")})
+        for _ in range(50):
+            async with pg_pool.acquire() as conn:
+                if await conn.fetchval("SELECT status FROM recap_jobs") == "completed":
+                    break
+            await asyncio.sleep(0.1)
+        assert not running.done(), "the tracker is still running"
+        async with pg_pool.acquire() as conn:
+            assert await conn.fetchval("SELECT status FROM recap_jobs") == "completed"
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 5)
