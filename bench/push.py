@@ -373,6 +373,7 @@ async def measure(
     tracker = await tail
     hist, fanout, totals = merge([w.ask("report " + json.dumps(published)) for w in workers])
     totals["web_cpu"] = round(100 * used[0] / seconds)
+    totals["web_rss"] = round(rss_mb(web_pid))
     totals["clients_cpu"] = round(100 * used[1] / seconds)
     return Measurement(hist, fanout, tracker, totals, sent)
 
@@ -383,7 +384,7 @@ def _p(hist: Counter) -> str:
 
 def _totals(t: dict) -> str:
     return (f"frames {t['frames']:,}, resyncs {t['resyncs']}, closed {t['closed']}, unmatched {t['unmatched']}; "
-            f"CPU: web {t['web_cpu']}%, load generators {t['clients_cpu']}%")
+            f"CPU: web {t['web_cpu']}%, load generators {t['clients_cpu']}%; web RSS {t['web_rss']} MB")
 
 
 def spawn_workers(url: str, clients: int) -> list[Worker]:
@@ -401,6 +402,13 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _free_port() -> int:
