@@ -39,6 +39,7 @@ from .shapes import (
     JobProgress,
     JobStats,
     KindCounts,
+    Me,
     PreviousStats,
     RecentJob,
     StageDuration,
@@ -409,6 +410,14 @@ async def _user_context(conn: asyncpg.Connection, user: uuid.UUID, since: dateti
         user_feed_ids=list(row["feed_ids"]),
         user_id=user,
     )
+
+
+# --- the caller --------------------------------------------------------------
+
+
+def me_response(principal: Principal) -> Me:
+    """GET /v1/me: whether the token is an admin's, and its user (no query)."""
+    return Me(is_admin=principal.is_admin, user_id=principal.user_id)
 
 
 # --- job detail --------------------------------------------------------------

@@ -138,6 +138,12 @@ OPERATIONS: dict[str, Json] = {
         (400, 401, 403, 503),
         parameters=[_LIMIT],
     ),
+    "/v1/me": _operation(
+        "getMe",
+        "Who the token belongs to: an admin, or one user (its `user_id`).",
+        _json("The token's role.", _ref("Me")),
+        (401,),
+    ),
     "/v1/schema/events": _operation(
         "getEventSchema",
         "JSON Schema of the events the pipeline emits.",

@@ -73,6 +73,10 @@ async def job_stats(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+async def me(request: web.Request) -> web.Response:
+    return json_response(api.me_response(authenticate(request)))
+
+
 async def job_detail(request: web.Request) -> web.Response:
     params = api.DetailParams(
         job_id=path_uuid(request.match_info["job_id"], "job_id"),
@@ -145,6 +149,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/v1/dashboard/job-stats", job_stats, name="job_stats")
     r.add_get("/v1/dashboard/jobs/{job_id}", job_detail, name="job_detail")
     r.add_get("/v1/dashboard/dead-letters", dead_letters, name="dead_letters")
+    r.add_get("/v1/me", me, name="me")
     r.add_get("/v1/schema/events", event_schema, name="event_schema")
     r.add_get("/v1/openapi.json", openapi, name="openapi")
     r.add_get("/health/live", health_live, name="health_live")

@@ -270,6 +270,17 @@ class JobDetail(msgspec.Struct):
     last_events: list[EventRecord]
 
 
+# --- the caller ---------------------------------------------------------------
+
+
+class Me(msgspec.Struct):
+    """Ours: who the token belongs to."""
+
+    is_admin: bool
+    #: The user of a user token; null for an admin token.
+    user_id: uuid.UUID | None
+
+
 # --- dead letters, health ----------------------------------------------------
 
 
@@ -299,5 +310,6 @@ RESPONSE_SHAPES: tuple[type[msgspec.Struct], ...] = (
     JobProgress,
     JobDetail,
     DeadLetters,
+    Me,
     Health,
 )

@@ -1,6 +1,6 @@
 """What the dashboard needed from the REST API: stats by trigger source and for the
-previous window, the stall threshold, genre errors in job-progress, and recent jobs
-with their articles, last event and completed stages."""
+previous window, the stall threshold, genre errors in job-progress, GET /v1/me, and
+recent jobs with their articles, last event and completed stages."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from tests.integration.test_api_support import (
     ALICE_ID,
     BOB,
     BOB_ID,
+    METRICS,
     Api,
+    QueryCounter,
     api,  # noqa: F401 - fixture
     api_settings,
     is_timestamp,
@@ -26,6 +28,7 @@ from tests.integration.test_api_support import (
 )
 from tracker.settings import Settings
 from tracker.statuses import DEFAULT_STAGES
+from web.keys import POOL
 
 PROGRESS = "/v1/dashboard/job-progress"
 STATS = "/v1/dashboard/job-stats"
@@ -178,6 +181,28 @@ async def test_genre_progress_has_error_attempts_and_phase(api: Api, pg_pool: as
     assert {name: tuple(detail[name][f] for f in fields) for name in genres} == {
         name: tuple(g[f] for f in fields) for name, g in genres.items()
     }  # the same as the job detail says
+
+
+# --- GET /v1/me --------------------------------------------------------------------
+
+
+async def test_me_says_who_the_token_is(api: Api) -> None:
+    app_pool = api.client.server.app[POOL]
+    await api.ok(STATS)  # the pool has a connection open for the counter to watch
+    with QueryCounter(app_pool) as counter:
+        assert await api.ok("/v1/me") == {"is_admin": True, "user_id": None}
+        assert await api.ok("/v1/me", token=ALICE) == {"is_admin": False, "user_id": str(ALICE_ID)}
+    assert counter.queries == []  # answered from the token alone
+    async with api.client.get("/v1/me", params={"token": BOB}) as response:  # the query-string token too
+        assert (response.status, await response.json()) == (200, {"is_admin": False, "user_id": str(BOB_ID)})
+    for token in (None, "not-a-token", METRICS):  # the metrics token reads /metrics only
+        status, body = await api.get("/v1/me", token=token)
+        assert status == 401 and body["error"]["code"] == "unauthorized"
+    document = await api.ok("/v1/openapi.json")
+    assert document["paths"]["/v1/me"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Me"
+    }
+    assert set(document["components"]["schemas"]["Me"]["required"]) == {"is_admin", "user_id"}
 
 
 # --- recent jobs -------------------------------------------------------------------
