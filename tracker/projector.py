@@ -33,6 +33,18 @@ class BatchResult(msgspec.Struct, kw_only=True):
     def duplicates(self) -> int:
         return self.received - self.applied
 
+    @classmethod
+    def merged(cls, results: Iterable[BatchResult]) -> BatchResult:
+        """One result for batches committed together (disjoint jobs)."""
+        total = cls()
+        for r in results:
+            total.received += r.received
+            total.applied += r.applied
+            total.jobs += r.jobs
+            total.stages += r.stages
+            total.genres += r.genres
+        return total
+
 
 async def project_batch(
     conn: asyncpg.Connection, events: Sequence[ev.AnyEvent], payloads: Sequence[bytes] | None = None

@@ -33,6 +33,7 @@ ENV_NAMES: dict[str, str] = {
     "allowed_origins": "RECAP_ALLOWED_ORIGINS",
     "consumer_name": "RECAP_CONSUMER",
     "batch_size": "RECAP_BATCH_SIZE",
+    "parallel": "RECAP_PARALLEL",
     "block_ms": "RECAP_BLOCK_MS",
     "claim_idle_ms": "RECAP_CLAIM_IDLE_MS",
     "max_deliveries": "RECAP_MAX_DELIVERIES",
@@ -70,6 +71,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     allowed_origins: str = ""
     consumer_name: str = ""
     batch_size: Annotated[int, Meta(ge=1, le=50_000)] = 2_000
+    #: Transactions a tracker runs at once per batch, each over its own share of the jobs.
+    parallel: Annotated[int, Meta(ge=1, le=16)] = 2
     block_ms: PositiveInt = 1_000
     claim_idle_ms: PositiveInt = 30_000
     max_deliveries: PositiveInt = 10

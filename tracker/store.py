@@ -74,7 +74,7 @@ WITH upserted AS (
     SELECT DISTINCT ON (e.job_id, x.v->>'article_id')
            e.job_id, x.v->>'article_id', (x.v->>'feed_id')::uuid, (x.v->>'original_user_id')::uuid,
            e.seq, e.event_id
-    FROM recap_events e, json_array_elements(e.payload->'articles') WITH ORDINALITY AS x(v, n)
+    FROM recap_events e, jsonb_array_elements(e.payload::jsonb->'articles') WITH ORDINALITY AS x(v, n)
     WHERE e.type = 'articles.added' AND {where}
     ORDER BY e.job_id, x.v->>'article_id', e.seq DESC, e.event_id DESC, x.n DESC
     ON CONFLICT (job_id, article_id) DO UPDATE
