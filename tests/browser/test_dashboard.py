@@ -284,5 +284,6 @@ async def test_history_row_expands_to_detail(system: System, page: Page) -> None
     await p.locator('.pill[data-window="259200"]').click()
     await _until(lambda: p.locator("tr.job-row").count(), lambda n: n > shown)
     await p.select_option("#f-status", "failed")
-    statuses = await p.locator("tr.job-row").evaluate_all("rows => rows.map(r => r.dataset.status)")
-    assert statuses and set(statuses) == {"failed"}
+    # the table is drawn on the next animation frame: wait for it rather than read it at once
+    await _until(lambda: p.locator("tr.job-row").evaluate_all("rows => rows.map(r => r.dataset.status)"),
+                 lambda statuses: statuses and set(statuses) == {"failed"})
