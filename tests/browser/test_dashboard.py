@@ -287,3 +287,70 @@ async def test_history_row_expands_to_detail(system: System, page: Page) -> None
     # the table is drawn on the next animation frame: wait for it rather than read it at once
     await _until(lambda: p.locator("tr.job-row").evaluate_all("rows => rows.map(r => r.dataset.status)"),
                  lambda statuses: statuses and set(statuses) == {"failed"})
+
+
+async def _refuse_socket(page: Any) -> None:
+    async def refuse(ws: Any) -> None:
+        await ws.close(code=4000, reason="no socket in this test")
+
+    await page.route_web_socket(re.compile(r"/v1/dashboard/ws"), refuse)
+
+
+async def test_trends_come_from_the_stats_previous_window(system: System, page: Page) -> None:
+    p = page.page
+    stats_requests: list[str] = []
+    p.on("request", lambda r: "/v1/dashboard/job-stats" in r.url and stats_requests.append(r.url))
+    await p.goto(system.url())
+    await _live(p)
+    previous = (await system.get("/v1/dashboard/job-stats"))["previous"]
+    assert previous["p95_duration_secs"] is not None  # the state has two days of finished jobs
+    for metric in ("success", "avg", "p95", "jobs", "failed"):
+        trend = p.locator(f'.metric[data-metric="{metric}"] .metric-trend[data-tone]')
+        await trend.wait_for(timeout=5000)
+        assert (await trend.get_attribute("title")).startswith("previous 24 h: "), metric
+    assert re.fullmatch(r"previous 24 h: [\d,]+", await p.locator('.metric[data-metric="jobs"] .metric-trend').get_attribute("title"))
+    assert stats_requests == []  # no stats(2W) - stats(W): the pushed stats carry the previous window
+
+
+async def test_stats_follow_the_source_filter_even_when_pushed(system: System, page: Page) -> None:
+    p = page.page
+    frames: list[str] = []
+    p.on("websocket", lambda ws: ws.on("framereceived", lambda data: frames.append(data if isinstance(data, str) else data.decode())))
+    await p.goto(system.url("source=user"))
+    await _live(p)
+    by_user = (await system.get("/v1/dashboard/job-stats?trigger_source=user"))["total_jobs_24h"]
+    assert by_user != (await system.get("/v1/dashboard/job-stats"))["total_jobs_24h"]
+    await _until(lambda: p.locator("#metrics-title").inner_text(), lambda t: t.lower().endswith("· user-triggered"))
+    jobs = p.locator('.metric[data-metric="jobs"] .metric-value')
+    await _until(jobs.inner_text, lambda t: t == f"{by_user:,}")
+
+    async def stats_pushed() -> int:
+        return sum('"type":"stats"' in f for f in frames)
+
+    pushed = await stats_pushed()
+    await _start_job(system, ["tech"])  # a system job: a status change makes the server push stats
+    await _until(stats_pushed, lambda n: n > pushed)
+    deadline = time.monotonic() + 2.5  # the figures never show another source's jobs
+    while time.monotonic() < deadline:
+        assert await jobs.inner_text() == f"{by_user:,}"
+        await asyncio.sleep(0.05)
+
+
+async def test_stall_threshold_comes_from_the_stats(system: System, page: Page) -> None:
+    p = page.page
+    await _refuse_socket(p)
+
+    async def short_stall(route: Any) -> None:  # as if the server ran with RECAP_STALL_AFTER=3
+        response = await route.fetch()
+        body = await response.json()
+        body["stats"]["stall_after_secs"] = 3
+        await route.fulfill(response=response, json=body)
+
+    await p.route(re.compile(r"/v1/dashboard/job-progress"), short_stall)
+    job = await _start_job(system, ["tech"])
+    await p.goto(system.url())
+    await p.wait_for_selector('#connection[data-mode="polling"]', timeout=8000)
+    card = p.locator(f'.job-card[data-job-id="{job}"]')
+    await card.wait_for()
+    # the server (300 s) does not call it stalled; the page applies the published 3 s to the quiet job
+    await p.wait_for_selector(f'.job-card[data-job-id="{job}"][data-status="stalled"]', timeout=8000)

@@ -8,25 +8,25 @@ import { createStore } from "./store.js";
 import { ActiveJobCard } from "./components/ActiveJobCard.js";
 import { ConnectionIndicator } from "./components/ConnectionIndicator.js";
 import { JobHistoryTable } from "./components/JobHistoryTable.js";
-import { metricCards, previousWindow } from "./components/MetricCard.js";
+import { metricCards } from "./components/MetricCard.js";
 import { WindowPills } from "./components/WindowPills.js";
 
 const HISTORY_LIMIT = 100; // the push protocol allows up to 200 jobs in a snapshot
-const MAX_WINDOW = 366 * 86400;
 const EXTRAS_EVERY_MS = 60_000;
+const STATS_REFETCH_MS = 1000;
 const $ = (id) => document.getElementById(id);
 
 const ui = {
   window: 86400, kind: "", source: "", user: "", status: "",
   paused: false, mode: "connecting", modeDetail: {},
   expanded: new Set(), details: new Map(),
-  previous: undefined, deadLetters: null, isAdmin: null, kindStats: new Map(),
+  deadLetters: null, isAdmin: null, kindStats: new Map(),
 };
 readFiltersFromUrl();
 
 let token = takeToken();
 const api = createApi(() => token);
-const store = createStore();
+const store = createStore({ statsFit, onUnfitStats: refetchStats });
 let connection = null;
 let extrasTimer = null;
 
@@ -53,9 +53,10 @@ function render() {
 
   const stats = store.state.stats;
   const w = fmt.windowLabel(ui.window);
-  $("metrics-title").textContent = `${stats.kind[0].toUpperCase()}${stats.kind.slice(1)} jobs · last ${w}${ui.source ? " · all sources" : ""}`;
+  const source = stats.trigger_source ? ` · ${stats.trigger_source}-triggered` : "";
+  $("metrics-title").textContent = `${stats.kind[0].toUpperCase()}${stats.kind.slice(1)} jobs · last ${w}${source}`;
   morph($("metrics"), h("div", { id: "metrics", class: "metrics" },
-    metricCards({ stats, previous: ui.previous, deadLetters: ui.deadLetters, window: ui.window })));
+    metricCards({ stats, deadLetters: ui.deadLetters, window: ui.window })));
 
   const active = store.activeJobs();
   $("active-title").textContent = `Running now · ${active.length}`;
@@ -94,7 +95,7 @@ function averages(kind) {
 async function fetchKindStats(kind) {
   ui.kindStats.set(kind, null);
   try {
-    ui.kindStats.set(kind, await api.stats({ window: ui.window, kind, user_id: ui.user || null }));
+    ui.kindStats.set(kind, await api.stats({ ...statsFilters(), kind }));
     schedule();
   } catch (err) {
     if (err.status === 401) authFailed();
@@ -111,18 +112,38 @@ function updateUserOptions() {
   select.value = ui.user;
 }
 
-// --- data beside the push: previous-window stats, dead letters, job detail ----
+// --- data beside the push: stats the push lacks, dead letters, job detail
+
+/** The stats' parameters for the filters in effect. */
+function statsFilters() {
+  return { window: ui.window, kind: ui.kind || "recap", trigger_source: ui.source || null, user_id: ui.user || null };
+}
+
+/** Whether stats (pushed, polled or fetched) are for the filters in effect. */
+function statsFit(stats) {
+  const want = statsFilters();
+  return stats.kind === want.kind && stats.window === want.window && (stats.trigger_source ?? null) === want.trigger_source;
+}
+
+let statsTimer = null;
+
+/** A pushed `stats` message did not fit the filters (the push may compute them without the
+ *  trigger-source filter): fetch the right ones from job-stats, at most once a second. */
+function refetchStats() {
+  if (statsTimer) return;
+  statsTimer = setTimeout(async () => {
+    try {
+      store.applyStats(await api.stats(statsFilters())); // dropped if the filters changed meanwhile
+    } catch (err) {
+      if (err.status === 401) authFailed();
+    } finally {
+      statsTimer = null;
+    }
+  }, STATS_REFETCH_MS);
+}
 
 async function loadExtras() {
   if (!token) return;
-  const params = { window: ui.window, kind: ui.kind || "recap", user_id: ui.user || null };
-  try {
-    const [w, w2] = await Promise.all([api.stats(params), api.stats({ ...params, window: Math.min(2 * ui.window, MAX_WINDOW) })]);
-    ui.previous = previousWindow(w, w2);
-  } catch (err) {
-    if (err.status === 401) return authFailed();
-    ui.previous = null;
-  }
   if (ui.isAdmin !== false) await loadDeadLetters();
   schedule();
 }
@@ -216,7 +237,6 @@ function writeFiltersToUrl() {
 function filtersChanged({ server = true } = {}) {
   writeFiltersToUrl();
   if (server) {
-    ui.previous = undefined;
     ui.kindStats.clear();
     connection?.refresh();
     loadExtras();

@@ -2,13 +2,18 @@
 // stats, and the push cursor. Push messages carry rows with versions and are
 // applied by version (docs/push-protocol.md, "How a client must behave"); a
 // REST poll replaces the whole view, keeping what REST does not return (a
-// genre's error, a job's note) from rows that have not moved since.
+// job's note, a recent job's stage rows) from rows that have not moved since.
 
-/** The server's default RECAP_STALL_AFTER; the API reports a job's `stalled`
- *  flag but not the setting, so a job that goes quiet while we watch uses this. */
-const STALL_AFTER_MS = 300_000;
+/** RECAP_STALL_AFTER until the first stats (which publish it as `stall_after_secs`) arrive. */
+const DEFAULT_STALL_AFTER_SECS = 300;
 
-export function createStore() {
+/**
+ * `statsFit(stats)` says whether stats are for the filters in effect; a pushed
+ * `stats` message that is not (one for the previous filters, or one the server
+ * computed without the trigger-source filter) is not shown, and
+ * `onUnfitStats()` is called so the page can fetch the right ones.
+ */
+export function createStore({ statsFit = () => true, onUnfitStats = () => {} } = {}) {
   const state = { jobs: new Map(), stats: null, cursor: null, skew: 0, updatedAt: 0 };
   const listeners = new Set();
 
@@ -69,7 +74,8 @@ export function createStore() {
       } else if (msg.type === "delta" || msg.type === "resumed") {
         applyChanges(msg.changes, changed);
       } else if (msg.type === "stats") {
-        state.stats = msg.stats;
+        if (statsFit(msg.stats)) state.stats = msg.stats;
+        else onUnfitStats(msg.stats);
       } else if (msg.type !== "heartbeat") {
         return false;
       }
@@ -93,11 +99,20 @@ export function createStore() {
       emit(new Set(jobs.keys()));
     },
 
+    /** A GET /v1/dashboard/job-stats body, taken when it is for the filters in effect. */
+    applyStats(stats) {
+      if (!statsFit(stats)) return;
+      state.stats = stats;
+      emit(new Set());
+    },
+
+    /** The server's flag while the job has not reported since; then the server's rule, by our clock. */
     isStalled(entry, now) {
       const job = entry.job;
       if (job.status !== "running") return false;
       if (entry.stalled && entry.flaggedAt === job.last_event_at) return true;
-      return now - Date.parse(job.last_event_at) > STALL_AFTER_MS;
+      const after = state.stats?.stall_after_secs ?? DEFAULT_STALL_AFTER_SECS;
+      return now - Date.parse(job.last_event_at) > after * 1000;
     },
 
     /** Every running job, the most recently started first (as the server orders them). */
@@ -158,7 +173,10 @@ function fromActive(a, held) {
     .filter(([, s]) => s.status !== "pending"));
   const genres = new Map(Object.entries(a.genre_progress).filter(([, g]) => g.status !== "pending" || g.attempts)
     .map(([name, g]) => [name, mergeRow(held?.genres.get(name), { genre: name, ...g })]));
-  return { job, stages, genres, stalled: a.stalled, flaggedAt: a.last_event_at, history: held?.history || null, stagesKnown: true };
+  return {
+    job, stages, genres, stalled: a.stalled, flaggedAt: a.last_event_at, history: held?.history || null,
+    stagesKnown: true,
+  };
 }
 
 function fromRecent(r, held, isActive) {

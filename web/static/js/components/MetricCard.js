@@ -1,9 +1,6 @@
-// The KPI row. Each figure is compared with the window before this one.
-//
-// job-stats has no "previous window" parameter, so the previous window is
-// derived: stats(2W) − stats(W) gives its counts exactly and its average
-// duration from the sums; a percentile (p95) cannot be derived that way, so
-// p95 has no trend. Running and stalled are "now" figures and have none either.
+// The KPI row. Each figure is compared with the window before this one, from the
+// stats' `previous` object (the same figures for the window of the same length
+// just before). Running and stalled are "now" figures and have no trend.
 import { h } from "../dom.js";
 import * as fmt from "../format.js";
 
@@ -19,22 +16,7 @@ export function MetricCard({ id, label, value, sub, trend, zero = false }) {
       : h("p", { class: "metric-trend muted" }, trend === null ? "no earlier data" : "\u00a0"));
 }
 
-/** Counts of the previous window from stats of the window (w) and of twice the window (w2). */
-export function previousWindow(w, w2) {
-  if (!w || !w2) return null;
-  const finished = (s) => s.completed_jobs_24h + s.failed_jobs_24h + s.cancelled_jobs_24h;
-  const n = finished(w2) - finished(w);
-  const avg = n > 0 && w2.avg_duration_secs != null
-    ? (w2.avg_duration_secs * finished(w2) - (w.avg_duration_secs || 0) * finished(w)) / n
-    : null;
-  return {
-    total: w2.total_jobs_24h - w.total_jobs_24h,
-    failed: w2.failed_jobs_24h - w.failed_jobs_24h,
-    finished: n,
-    successRate: n > 0 ? (w2.completed_jobs_24h - w.completed_jobs_24h) / n : null,
-    avg: avg != null ? Math.max(0, avg) : null,
-  };
-}
+const finishedOf = (s) => s.completed_jobs_24h + s.failed_jobs_24h + s.cancelled_jobs_24h;
 
 // higherIs: "good", "bad" or "neutral"; kind: how the difference is written.
 function trend(current, previous, { higherIs, kind, window, shown }) {
@@ -51,11 +33,12 @@ function trend(current, previous, { higherIs, kind, window, shown }) {
   return { arrow, text, tone, window, title: `previous ${window}: ${shown(previous)}` };
 }
 
-export function metricCards({ stats, previous, deadLetters, window }) {
+export function metricCards({ stats, deadLetters, window }) {
   const s = stats;
   const w = fmt.windowLabel(window);
-  const finished = s.completed_jobs_24h + s.failed_jobs_24h + s.cancelled_jobs_24h;
+  const finished = finishedOf(s);
   const opts = (higherIs, kind, shown) => ({ higherIs, kind, window: w, shown });
+  const previous = s.previous;
   const p = previous || {};
   const cards = [
     MetricCard({
@@ -63,26 +46,28 @@ export function metricCards({ stats, previous, deadLetters, window }) {
       value: finished ? fmt.percent(s.success_rate_24h) : fmt.DASH,
       zero: finished > 0 && s.success_rate_24h === 0,
       sub: finished ? `${fmt.count(s.completed_jobs_24h)} of ${fmt.count(finished)} finished` : "no finished jobs",
-      trend: previous && trend(finished ? s.success_rate_24h : null, p.successRate, opts("good", "rate", fmt.percent)),
+      trend: previous && trend(finished ? s.success_rate_24h : null, finishedOf(p) ? p.success_rate_24h : null,
+        opts("good", "rate", fmt.percent)),
     }),
     MetricCard({
       id: "avg", label: "Avg duration", value: fmt.duration(s.avg_duration_secs), zero: s.avg_duration_secs === 0,
       sub: s.p50_duration_secs != null ? `median ${fmt.duration(s.p50_duration_secs)}` : "finished jobs only",
-      trend: previous && trend(s.avg_duration_secs, p.avg, opts("bad", "duration", fmt.duration)),
+      trend: previous && trend(s.avg_duration_secs, p.avg_duration_secs, opts("bad", "duration", fmt.duration)),
     }),
     MetricCard({
       id: "p95", label: "p95 duration", value: fmt.duration(s.p95_duration_secs), zero: s.p95_duration_secs === 0,
       sub: `over ${fmt.count(finished)} finished`,
+      trend: previous && trend(s.p95_duration_secs, p.p95_duration_secs, opts("bad", "duration", fmt.duration)),
     }),
     MetricCard({
       id: "jobs", label: `Jobs · ${w}`, value: fmt.count(s.total_jobs_24h), zero: s.total_jobs_24h === 0,
       sub: `${fmt.count(s.running_jobs)} running`,
-      trend: previous && trend(s.total_jobs_24h, p.total, opts("neutral", "count", fmt.count)),
+      trend: previous && trend(s.total_jobs_24h, p.total_jobs_24h, opts("neutral", "count", fmt.count)),
     }),
     MetricCard({
       id: "failed", label: "Failed", value: fmt.count(s.failed_jobs_24h), zero: s.failed_jobs_24h === 0,
       sub: s.cancelled_jobs_24h ? `${fmt.count(s.cancelled_jobs_24h)} cancelled` : "0 cancelled",
-      trend: previous && trend(s.failed_jobs_24h, p.failed, opts("bad", "count", fmt.count)),
+      trend: previous && trend(s.failed_jobs_24h, p.failed_jobs_24h, opts("bad", "count", fmt.count)),
     }),
     MetricCard({
       id: "stalled", label: "Stalled", value: fmt.count(s.stalled_jobs), zero: s.stalled_jobs === 0,
