@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from tracker.client import emit_event
 from tracker.embedded import create_database, drop_database
 
-from .state import dashboard_state
+from .state import USERS, dashboard_state
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -40,6 +40,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 ADMIN_TOKEN = "browser-admin-token"
+#: A user token: the first simulated user's (tests/browser/state.py).
+USER_TOKEN = "browser-user-token"
 ROOT = Path(__file__).resolve().parents[2]
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -76,8 +78,8 @@ class System:
     logs: Path
     processes: list[subprocess.Popen] = field(default_factory=list)
 
-    def url(self, query: str = "") -> str:
-        return f"{self.base_url}/?token={ADMIN_TOKEN}{'&' + query if query else ''}"
+    def url(self, query: str = "", token: str = ADMIN_TOKEN) -> str:
+        return f"{self.base_url}/?token={token}{'&' + query if query else ''}"
 
     async def emit(self, events: list[Any]) -> None:
         for event in events:
@@ -127,7 +129,7 @@ async def system(database_admin_url: str, template_database: str, redis_url: str
     env = {
         **os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "RECAP_HOST": "127.0.0.1",
         "RECAP_PORT": str(port), "RECAP_EVENTS_STREAM": f"{prefix}:events", "RECAP_DELTAS_STREAM": f"{prefix}:deltas",
-        "RECAP_TOKENS": f"{ADMIN_TOKEN}=admin", "RECAP_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
+        "RECAP_TOKENS": f"{ADMIN_TOKEN}=admin,{USER_TOKEN}=user:{USERS[0]}", "RECAP_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
     }
     logs = tmp_path_factory.mktemp("browser") / "processes.log"
     redis = aioredis.Redis.from_url(redis_url)

@@ -12,7 +12,7 @@ from typing import Any
 
 from tracker.events import event_from_fields, new_event_id
 
-from .conftest import ADMIN_TOKEN, ROOT, Page, System
+from .conftest import ADMIN_TOKEN, ROOT, USER_TOKEN, Page, System
 
 STATIC = ROOT / "web" / "static"
 #: docs/screenshots/ is rewritten only when asked (the PNGs change with every run's clock).
@@ -310,6 +310,20 @@ async def test_trends_come_from_the_stats_previous_window(system: System, page: 
         assert (await trend.get_attribute("title")).startswith("previous 24 h: "), metric
     assert re.fullmatch(r"previous 24 h: [\d,]+", await p.locator('.metric[data-metric="jobs"] .metric-trend').get_attribute("title"))
     assert stats_requests == []  # no stats(2W) - stats(W): the pushed stats carry the previous window
+
+
+async def test_a_user_token_asks_who_it_is(system: System, page: Page) -> None:
+    p = page.page
+    urls: list[str] = []
+    p.on("request", lambda r: urls.append(r.url))
+    await p.goto(system.url(token=USER_TOKEN))
+    await _live(p)
+    await p.wait_for_selector('.metric[data-metric="jobs"]')
+    await _until(lambda: p.locator("#f-user-field").is_hidden(), bool)  # no user filter for a user token
+    assert any(u.endswith("/v1/me") for u in urls)
+    await p.wait_for_timeout(300)
+    assert not any("/dead-letters" in u for u in urls)  # not probed: no 403 in the console (the fixture checks)
+    assert await p.locator('.metric[data-metric="dead"]').count() == 0
 
 
 async def test_stats_follow_the_source_filter_even_when_pushed(system: System, page: Page) -> None:

@@ -54,5 +54,6 @@ export function createApi(getToken) {
     stats: (params) => get("/v1/dashboard/job-stats", params),
     job: (id) => get(`/v1/dashboard/jobs/${encodeURIComponent(id)}`, { events: 0 }),
     deadLetters: (limit) => get("/v1/dashboard/dead-letters", { limit }),
+    me: () => get("/v1/me"),
   };
 }

@@ -112,7 +112,7 @@ function updateUserOptions() {
   select.value = ui.user;
 }
 
-// --- data beside the push: stats the push lacks, dead letters, job detail
+// --- data beside the push: who we are, stats the push lacks, dead letters, job detail
 
 /** The stats' parameters for the filters in effect. */
 function statsFilters() {
@@ -144,14 +144,25 @@ function refetchStats() {
 
 async function loadExtras() {
   if (!token) return;
-  if (ui.isAdmin !== false) await loadDeadLetters();
+  if (ui.isAdmin === null) await loadMe();
+  if (ui.isAdmin) await loadDeadLetters();
   schedule();
+}
+
+/** Admin or user token: GET /v1/me (a user token gets no dead letters and no user filter). */
+async function loadMe() {
+  try {
+    const me = await api.me();
+    ui.isAdmin = me.is_admin;
+    $("f-user-field").hidden = !me.is_admin;
+  } catch (err) {
+    if (err.status === 401) authFailed(); // otherwise asked again with the next extras
+  }
 }
 
 async function loadDeadLetters() {
   try {
     const body = await api.deadLetters(500);
-    ui.isAdmin = true;
     const now = store.now();
     const age = (d) => (now - Date.parse(d.received_at)) / 1000;
     const oldest = body.dead_letters.length ? age(body.dead_letters[body.dead_letters.length - 1]) : 0;
@@ -164,10 +175,7 @@ async function loadDeadLetters() {
       capped: body.total > body.dead_letters.length && oldest < ui.window,
     };
   } catch (err) {
-    if (err.status === 403) {
-      ui.isAdmin = false; // a user token: no dead letters, and only its own jobs
-      $("f-user-field").hidden = true;
-    }
+    if (err.status === 401) authFailed(); // otherwise the card keeps its last figures
   }
 }
 
@@ -341,6 +349,8 @@ function showLogin(message = "") {
 function start() {
   $("login").hidden = true;
   $("app").hidden = false;
+  ui.isAdmin = null; // this token's role: asked of /v1/me
+  ui.deadLetters = null;
   connection = createConnection({ store, api, getToken: () => token, getFilters: filters, onMode, onAuthError: authFailed });
   connection.start();
   loadExtras();
