@@ -368,3 +368,23 @@ async def test_stall_threshold_comes_from_the_stats(system: System, page: Page) 
     await card.wait_for()
     # the server (300 s) does not call it stalled; the page applies the published 3 s to the quiet job
     await p.wait_for_selector(f'.job-card[data-job-id="{job}"][data-status="stalled"]', timeout=8000)
+
+
+async def test_polled_history_shows_completed_stages_from_the_api(system: System, page: Page) -> None:
+    p = page.page
+    await _refuse_socket(p)
+    await p.goto(system.url())
+    await p.wait_for_selector('#connection[data-mode="polling"]', timeout=8000)
+    await p.wait_for_selector("tr.job-row")
+    body = await system.get("/v1/dashboard/job-progress?window=86400&limit=100")
+    finished = [j for j in body["recent_jobs"] if j["status"] in ("completed", "failed", "cancelled")]
+    assert {j["status"] for j in finished} >= {"completed", "failed"}
+    for job in finished[:12]:
+        row = p.locator(f'tr.job-row[data-job-id="{job["job_id"]}"]')
+        done, total = len(job["stages_completed"]), len(job["stage_names"])
+        assert await row.locator(".col-stages .num").inner_text() == f"{done}/{total}", job["job_id"]
+        cells = await row.locator(".meter i").evaluate_all("cells => cells.map(c => c.dataset.status)")
+        completed = [name for name, status in zip(job["stage_names"], cells) if status == "completed"]
+        assert completed == job["stages_completed"]
+        if job["status"] == "failed" and job["last_stage"] not in job["stages_completed"]:
+            assert cells[job["stage_names"].index(job["last_stage"])] == "failed"

@@ -175,7 +175,7 @@ function fromActive(a, held) {
     .map(([name, g]) => [name, mergeRow(held?.genres.get(name), { genre: name, ...g })]));
   return {
     job, stages, genres, stalled: a.stalled, flaggedAt: a.last_event_at, history: held?.history || null,
-    stagesKnown: true,
+    stagesKnown: true, stagesCompleted: a.stages_completed,
   };
 }
 
@@ -183,7 +183,8 @@ function fromRecent(r, held, isActive) {
   const fields = {
     job_id: r.job_id, status: r.status, kind: r.kind, trigger_source: r.trigger_source, user_id: r.user_id,
     kicked_at: r.kicked_at, updated_at: r.updated_at, finished_at: r.finished_at, current_stage: r.current_stage,
-    last_stage: r.last_stage, error: r.error,
+    last_stage: r.last_stage, error: r.error, article_count: r.article_count, last_event_at: r.last_event_at,
+    stages: r.stage_names,
   };
   const job = mergeJob(held, fields);
   // Recent jobs come without stage rows: rows held from before stay right only while the status has not moved.
@@ -196,6 +197,7 @@ function fromRecent(r, held, isActive) {
     flaggedAt: job.last_event_at,
     history: r.status_history,
     stagesKnown: Boolean(same || isActive) && held.stagesKnown,
+    stagesCompleted: r.stages_completed,
   };
 }
 
@@ -215,11 +217,16 @@ export function genresOf(entry) {
   return [...rows.values()];
 }
 
-/** How many stages completed; derived from the job when its stage rows are not known. */
-export function stagesDone(entry) {
-  const names = entry.job.stages || DEFAULT_STAGES;
-  if (entry.stagesKnown) return stagesOf(entry).filter((s) => s.status === "completed").length;
-  if (entry.job.status === "completed") return names.length;
-  const reached = names.indexOf(entry.job.last_stage);
-  return Math.max(0, reached);
+/**
+ * Each stage's status in pipeline order, for the history meter. A job known only
+ * from polls has no stage rows (or only those pushed since): a stage without a
+ * row is completed when the poll's `stages_completed` says so, failed when a
+ * failed job stopped there, else pending.
+ */
+export function stageCells(entry) {
+  if (entry.stagesKnown) return stagesOf(entry).map((s) => s.status);
+  const completed = new Set(entry.stagesCompleted || []);
+  const failedAt = entry.job.status === "failed" ? entry.job.last_stage : null;
+  return stagesOf(entry).map((s) => (entry.stages.has(s.stage) ? s.status
+    : completed.has(s.stage) ? "completed" : s.stage === failedAt ? "failed" : "pending"));
 }

@@ -1,7 +1,7 @@
 // Recent jobs, newest first; a row expands to the job's detail.
 import { h } from "../dom.js";
 import * as fmt from "../format.js";
-import { stagesDone, stagesOf } from "../store.js";
+import { stageCells } from "../store.js";
 import { JobDetail } from "./JobDetail.js";
 import { StatusBadge } from "./StatusBadge.js";
 
@@ -31,8 +31,9 @@ function Row(entry, open, now, stalled) {
   const job = entry.job;
   const id = job.job_id;
   const status = stalled ? "stalled" : job.status;
-  const total = (job.stages || []).length || 8;
-  const done = stagesDone(entry);
+  const cells = stageCells(entry);
+  const total = cells.length;
+  const done = cells.filter((s) => s === "completed").length;
   const running = job.status === "running";
   const took = running ? (now - Date.parse(job.kicked_at)) / 1000 : fmt.seconds(job.kicked_at, job.finished_at);
   return h("tr", { class: open ? "job-row open" : "job-row", "data-key": id, "data-job-id": id, "data-status": status },
@@ -45,14 +46,11 @@ function Row(entry, open, now, stalled) {
       }, h("span", { class: "chevron", "aria-hidden": "true" }), fmt.shortId(id))),
     h("td", { class: "col-kind" }, h("span", { class: "tag" }, job.kind)),
     h("td", { class: "col-source" }, job.trigger_source === "user" ? `user ${fmt.shortId(job.user_id)}` : "system"),
-    h("td", { class: "col-stages" }, StageMeter(entry, done, total), h("span", { class: "num" }, `${done}/${total}`)),
+    h("td", { class: "col-stages" }, StageMeter(cells), h("span", { class: "num" }, `${done}/${total}`)),
     h("td", { class: running ? "col-duration num ticking" : "col-duration num" }, fmt.duration(took)),
     h("td", { class: "col-started", title: fmt.absolute(job.kicked_at) }, fmt.ago(job.kicked_at, now)));
 }
 
-function StageMeter(entry, done, total) {
-  const cells = entry.stagesKnown
-    ? stagesOf(entry).map((s) => s.status)
-    : Array.from({ length: total }, (_, i) => (i < done ? "completed" : "pending"));
+function StageMeter(cells) {
   return h("span", { class: "meter", "aria-hidden": "true" }, cells.map((status) => h("i", { "data-status": status })));
 }
