@@ -26,8 +26,8 @@ async def serve(hub: Hub, sub: Subscriber, cursor: Cursor | None, send: Send) ->
 
     With a cursor of the current epoch whose changes are all still in the
     stream, the first message is `resumed` (the missed changes, followed by
-    the current stats); otherwise a `snapshot`. Raises
-    TooSlow when the client stops reading.
+    the current stats); otherwise a `snapshot`. Raises TooSlow when the
+    client stops reading.
     """
     position = hub.attach(sub)
     try:
