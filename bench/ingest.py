@@ -20,7 +20,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -33,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tracker import events as ev  # noqa: E402
 from tracker.consumer import GROUP  # noqa: E402
-from tracker.embedded import create_database, start_postgres, start_redis  # noqa: E402
+from servers import bench_servers  # noqa: E402
+from tracker.embedded import create_database  # noqa: E402
 from tracker.migrate import migrate  # noqa: E402
 from tracker.projector import project_batch  # noqa: E402
 from tracker.statuses import DEFAULT_STAGES  # noqa: E402
@@ -145,20 +145,8 @@ async def main() -> None:
     parser.add_argument("--baseline-events", type=int, default=10_000)
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="recap-bench-", dir="/tmp"))
-    stops = []
-    admin, redis_url = os.environ.get("BENCH_DATABASE_URL"), os.environ.get("BENCH_REDIS_URL")
-    if not admin:
-        admin, stop = start_postgres(tmp)
-        stops.append(stop)
-    if not redis_url:
-        redis_url, stop = start_redis(tmp)
-        stops.append(stop)
-    try:
+    with bench_servers("recap-bench-ingest-") as (admin, redis_url, _):
         await run(args, admin, redis_url)
-    finally:
-        for stop in stops:
-            stop()
 
 
 async def run(args: argparse.Namespace, admin: str, redis_url: str) -> None:

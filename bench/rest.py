@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from servers import bench_servers  # noqa: E402
 from tracker import events as ev  # noqa: E402
 from tracker.statuses import DEFAULT_STAGES  # noqa: E402
 
@@ -271,27 +271,6 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     raise RuntimeError(f"the web server did not answer {url}")
 
 
-@contextmanager
-def services(tmp: Path) -> Iterator[tuple[str, str]]:
-    """(admin DSN, Redis URL): BENCH_DATABASE_URL / BENCH_REDIS_URL, else embedded ones."""
-    stops = []
-    dsn, redis_url = os.environ.get("BENCH_DATABASE_URL"), os.environ.get("BENCH_REDIS_URL")
-    try:
-        if not dsn or not redis_url:
-            from tracker.embedded import start_postgres, start_redis
-
-            if not dsn:
-                dsn, stop = start_postgres(tmp)
-                stops.append(stop)
-            if not redis_url:
-                redis_url, stop = start_redis(tmp)
-                stops.append(stop)
-        yield dsn, redis_url
-    finally:
-        for stop in reversed(stops):
-            stop()
-
-
 async def prepare(admin_dsn: str, jobs: int) -> str:
     from tracker.embedded import create_database
     from tracker.migrate import migrate
@@ -368,10 +347,7 @@ def main() -> None:
     args = parser.parse_args()
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
-    with (
-        tempfile.TemporaryDirectory(prefix="recap-bench-rest-", dir="/tmp") as tmp,
-        services(Path(tmp)) as (admin_dsn, redis_url),
-    ):
+    with bench_servers("recap-bench-rest-") as (admin_dsn, redis_url, _):
         dsn = asyncio.run(prepare(admin_dsn, args.jobs))
         load_before = os.getloadavg()[0]
         runs = measure(args, dsn, redis_url, out / "rest-server.log")
