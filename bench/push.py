@@ -422,12 +422,12 @@ def _start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 async def _ready(base: str) -> None:
+    """Until the web process answers REST and its push hub accepts sockets."""
     async with aiohttp.ClientSession() as s:
         for _ in range(300):
             try:
-                async with s.get(f"{base}/health/ready") as r:
-                    if r.status == 200:
-                        return
+                async with s.ws_connect(f"{base}/v1/dashboard/ws", headers={"Authorization": f"Bearer {TOKEN}"}):
+                    return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)

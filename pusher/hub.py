@@ -224,10 +224,14 @@ class Hub:
 
     # --- lifecycle ---------------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        """True once the hub knows the epoch and position (Redis answered)."""
+        return bool(self.epoch)
+
     async def start(self) -> None:
-        """Take the current epoch and position; then run the reader (and stats) in the background."""
-        self.epoch = await self._current_epoch()
-        self.offset = await self._last_offset()
+        """Run the reader (and stats) in the background. The web server starts even
+        while Redis is down; the hub is `ready` once Redis answered."""
         self._tasks = [asyncio.create_task(self.run(), name="pusher-hub")]
         if self._stats_fn is not None:
             self._tasks.append(asyncio.create_task(self._stats_loop(), name="pusher-stats"))
@@ -242,6 +246,10 @@ class Hub:
         backoff = 0.1
         while True:
             try:
+                if not self.ready:
+                    epoch = await self._current_epoch()
+                    self.offset = await self._last_offset()
+                    self.epoch = epoch
                 await self.run_once()
                 backoff = 0.1
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:

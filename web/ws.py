@@ -91,8 +91,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     principal = authenticate(request)
     check_origin(request)
     state = request.app[PUSH]
-    if state.hub is None:
-        raise ApiError(503, "unavailable", "live push is starting; try again shortly")
+    if state.hub is None or not state.hub.ready:
+        raise ApiError(503, "unavailable", "live push is not available yet (Redis); try again shortly")
     ws = web.WebSocketResponse(
         heartbeat=state.options.heartbeat,
         max_msg_size=MAX_CLIENT_MESSAGE,

@@ -134,7 +134,9 @@ def job_script(**kw) -> JobScript:
     return JobScript(start=datetime.now(timezone.utc), **kw)
 
 
-async def make_push(settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool, **options) -> AsyncIterator[Push]:
+async def make_push(
+    settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool, wait_ready: bool = True, **options
+) -> AsyncIterator[Push]:
     settings = msgspec.structs.replace(settings, tokens=TOKENS, allowed_origins=ALLOWED_ORIGIN)
     app = create_app(settings)
     app[PUSH].options = HubOptions(block_ms=200, **options)
@@ -142,6 +144,9 @@ async def make_push(settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.
     await server.start_server()
     push = Push(settings, redis, pg_pool, server)
     await push.consumer.setup()
+    async with asyncio.timeout(5):
+        while wait_ready and not push.hub.ready:  # the hub reads the epoch in the background
+            await asyncio.sleep(0.01)
     try:
         yield push
     finally:
@@ -513,3 +518,16 @@ async def test_a_cursor_from_beyond_the_stream_gets_a_snapshot(push: Push) -> No
     ahead = {**snapshot["cursor"], "offset": snapshot["cursor"]["offset"] + 1000}
     _, message = await push.subscribe(cursor=ahead)
     assert message["reason"] == "unknown" and message["cursor"] == snapshot["cursor"]
+
+
+async def test_the_server_starts_without_redis_and_the_socket_says_unavailable(
+    settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}"
+    async for push in make_push(msgspec.structs.replace(settings, redis_url=dead), redis, pg_pool, wait_ready=False):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await push.connect()
+        assert info.value.status == 503
+        assert (await push.rest("/health/live"))["status"] == "ok"
