@@ -31,6 +31,7 @@ from tracker.settings import Settings
 
 from .deltas import Change, Cursor, Delta, Stats, coalesce, encode, entry_id, epoch_key, offset_of, row_count
 from .publish import new_epoch_id
+from .recent import RecentChanges
 
 log = logging.getLogger("pusher")
 
@@ -212,6 +213,8 @@ class Hub:
         self._stats_cache: dict[Scope, asyncio.Future[bytes]] = {}
         self._tasks: list[asyncio.Task] = []
         self._last_dispatch = 0.0
+        #: Resumes are answered from here while it reaches back far enough.
+        self.recent = RecentChanges(keep=settings.deltas_maxlen)
 
     @property
     def position(self) -> Cursor:
@@ -249,6 +252,7 @@ class Hub:
                 if not self.ready:
                     epoch = await self._current_epoch()
                     self.offset = await self._last_offset()
+                    await self._load_history(epoch)
                     self.epoch = epoch
                 await self.run_once()
                 backoff = 0.1
@@ -299,7 +303,10 @@ class Hub:
             await self._restart("trimmed" if first > self.offset + 1 else "epoch")
             return 0
         changes = [_change_decoder.decode(fields[b"d"]) for _, fields in entries]
+        for (eid, _), change in zip(entries, changes):
+            self.recent.add(offset_of(eid), change)
         self.offset = offset_of(entries[-1][0])
+        self.recent.trim(self.offset)
         self._last_dispatch = time.monotonic()
         self._dispatch(coalesce(changes), self.position)
         return len(entries)
@@ -322,9 +329,32 @@ class Hub:
         """History was lost (new epoch, or trimmed past this hub): start again from now."""
         epoch = await self._current_epoch()
         self.epoch, self.offset = epoch, await self._last_offset()
+        await self._load_history(epoch)
         log.warning("pusher: delta history lost (%s); epoch %s, resyncing %d subscribers", reason, epoch, self.subscriber_count)
         for sub in self.subscribers():
             sub.resync(reason)
+
+    async def _load_history(self, epoch: str) -> None:
+        """Fill `recent` from the stream's entries up to the hub's offset (the stream is
+        capped, so this is bounded), so that resumes right after a start are answered
+        from memory too."""
+        self.recent.reset(self.offset)
+        history: list[tuple[int, Change]] = []
+        start = "-"
+        while True:
+            page = await self.redis.xrange(self.stream, min=start, max=entry_id(self.offset), count=self.options.read_count)
+            for eid, fields in page:
+                if fields[b"e"].decode() != epoch:
+                    return
+                history.append((offset_of(eid), _change_decoder.decode(fields[b"d"])))
+            if len(page) < self.options.read_count:
+                break
+            start = "(" + page[-1][0].decode()
+        if not history or history[-1][0] != self.offset or history[-1][0] - history[0][0] + 1 != len(history):
+            return  # not one contiguous run up to the offset: only live changes are covered
+        self.recent.reset(history[0][0] - 1)
+        for offset, change in history:
+            self.recent.add(offset, change)
 
     async def _current_epoch(self) -> str:
         key = epoch_key(self.stream)
@@ -351,6 +381,8 @@ class Hub:
             return "epoch"
         if cursor.offset >= upto:
             return [] if cursor.offset <= await self._last_offset() else "unknown"
+        if self.recent.covers(cursor.offset) and upto == self.offset:
+            return self.recent.after(cursor.offset, scope.admits)
         changes: list[Change] = []
         expected = cursor.offset + 1
         while expected <= upto:

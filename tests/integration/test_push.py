@@ -243,12 +243,17 @@ async def test_a_cursor_trimmed_from_the_stream_gets_a_snapshot(
         await push.emit(job.emit("job.started"))
         client, snapshot = await push.subscribe()
         await client.ws.close()
-        # 300 jobs in one batch: 300 changes, far past the cap of 10 (~: whole nodes of 100).
+        # A hub whose memory does not reach back that far reads the stream instead.
+        await push.emit(*(job_script().emit("job.started") for _ in range(5)))
+        push.hub.recent.reset(push.hub.offset)
+        _, resumed = await push.subscribe(cursor=snapshot["cursor"], first="resumed")
+        assert len(resumed["changes"]) == 5
+        # 300 jobs in one batch: 300 changes, far past the cap.
         await push.emit(*(job_script().emit("job.started") for _ in range(300)))
         assert await redis.xlen(settings.deltas_stream) < 300
         again, message = await push.subscribe(cursor=snapshot["cursor"])
         assert message["recovered"] is False and message["reason"] == "trimmed"
-        assert len(message["progress"]["active_jobs"]) == 301
+        assert len(message["progress"]["active_jobs"]) == 306
 
 
 async def test_a_new_epoch_sends_snapshots_to_connected_and_resuming_clients(push: Push) -> None:
@@ -531,3 +536,20 @@ async def test_the_server_starts_without_redis_and_the_socket_says_unavailable(
             await push.connect()
         assert info.value.status == 503
         assert (await push.rest("/health/live"))["status"] == "ok"
+
+
+async def test_a_web_process_started_later_resumes_clients_from_the_streams_history(
+    settings: Settings, redis: aioredis.Redis, pg_pool: asyncpg.Pool
+) -> None:
+    async for first in make_push(settings, redis, pg_pool):
+        job = job_script()
+        await first.emit(job.emit("job.started"))
+        client, snapshot = await first.subscribe()
+        await client.ws.close()
+        await first.emit(job.emit("stage.started", stage="fetch"))
+        async for second in make_push(settings, redis, pg_pool):  # e.g. after a restart
+            assert second.hub.recent.covers(snapshot["cursor"]["offset"])  # read back from the stream
+            _, resumed = await second.subscribe(cursor=snapshot["cursor"], first="resumed")
+            [change] = resumed["changes"]
+            assert [s["stage"] for s in change["stages"]] == ["fetch"]
+            assert resumed["cursor"] == {**snapshot["cursor"], "offset": snapshot["cursor"]["offset"] + 1}

@@ -40,7 +40,7 @@ async def test_the_stream_is_capped(settings: Settings, redis: aioredis.Redis) -
     publisher = Publisher(redis, settings)
     for _ in range(10):
         await publisher.publish([change() for _ in range(100)])
-    assert await redis.xlen(settings.deltas_stream) < 250  # approximate trimming: whole nodes of 100
+    assert await redis.xlen(settings.deltas_stream) < 250  # approximate trimming: whole stream nodes
 
 
 async def test_the_epoch_changes_when_the_history_is_gone(settings: Settings, redis: aioredis.Redis) -> None:

@@ -117,3 +117,32 @@ def test_text_frames_are_framed_as_rfc_6455_says() -> None:
         elif length == 127:
             (length,), header = struct.unpack("!Q", frame[2:10]), 10
         assert length == size and frame[header:] == payload
+
+
+def test_recent_changes_answer_a_resume_with_the_newest_rows_after_the_cursor() -> None:
+    from pusher.recent import RecentChanges
+
+    recent = RecentChanges(keep=1000)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    recent.add(1, Change(job=job(a, 1), stages=[stage_row(a, "fetch", 1)]))
+    recent.add(2, Change(job=job(b, 1, user=uuid.UUID(int=7))))
+    recent.add(3, Change(job=job(a, 3), stages=[stage_row(a, "fetch", 3)], genres=[genre_row(a, "tech", 1)]))
+    recent.add(4, Change(job=job(a, 2), stages=[stage_row(a, "fetch", 2)]))  # a late, older publish
+    [change] = recent.after(2, Scope(admin=True).admits)
+    assert change.job.version == 3 and [s.version for s in change.stages] == [3] and len(change.genres) == 1
+    assert {c.job.job_id for c in recent.after(0, Scope(admin=True).admits)} == {a, b}
+    assert [c.job.job_id for c in recent.after(0, Scope(admin=False, user_id=uuid.UUID(int=7)).admits)] == [b]
+    assert recent.after(4, Scope(admin=True).admits) == []
+
+
+def test_recent_changes_forget_what_is_older_than_they_keep() -> None:
+    from pusher.recent import RecentChanges
+
+    recent = RecentChanges(keep=100)
+    old, new = uuid.uuid4(), uuid.uuid4()
+    recent.add(1, Change(job=job(old, 1)))
+    for offset in range(2, 300):
+        recent.add(offset, Change(job=job(new, offset), stages=[stage_row(new, "fetch", offset)]))
+        recent.trim(offset)
+    assert not recent.covers(100) and recent.covers(299 - 100 + 10)
+    assert [c.job.job_id for c in recent.after(recent.since, Scope(admin=True).admits)] == [new]
