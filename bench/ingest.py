@@ -36,6 +36,7 @@ from servers import bench_servers  # noqa: E402
 from tracker.embedded import create_database  # noqa: E402
 from tracker.migrate import migrate  # noqa: E402
 from tracker.projector import project_batch  # noqa: E402
+from tracker.settings import load_settings  # noqa: E402
 from tracker.statuses import DEFAULT_STAGES  # noqa: E402
 
 GENRES = ["tech", "world", "sports", "business", "science", "health", "culture", "politics", "games", "travel", "food", "auto"]
@@ -162,7 +163,13 @@ async def run(args: argparse.Namespace, admin: str, redis_url: str) -> None:
     fast = await tracker_rate(dbs[0], redis_url, payloads)
     print(f"naive baseline (one transaction per event) on {args.baseline_events:,} events ...", flush=True)
     slow = await naive_rate(dbs[1], interleaved(args.baseline_events, seed=2))
-    print(f"\ntracker:  {fast:>10,.0f} events/s  ({args.events:,} events, one process, batch 2000)")
+    conn = await asyncpg.connect(dbs[0])
+    articles = await conn.fetchval("SELECT count(*) FROM recap_job_articles")
+    await conn.close()
+    settings = load_settings()
+    print(f"\ntracker:  {fast:>10,.0f} events/s  ({args.events:,} events, one process, "
+          f"batch {settings.batch_size}, RECAP_PARALLEL={settings.parallel}; "
+          f"{articles / (args.events / fast):,.0f} article rows/s besides)")
     print(f"baseline: {slow:>10,.0f} events/s  (one transaction per event)")
     print(f"ratio:    {fast / slow:>10.1f}x")
     print(f"target:       20,000 events/s -> {'met' if fast >= 20_000 else 'NOT met'}")

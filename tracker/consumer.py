@@ -248,7 +248,7 @@ class Consumer:
         try:
             return ev.decode_event(raw), ""
         except msgspec.ValidationError as exc:
-            return None, "invalid event: " + str(exc).replace(f"matching regex {ev.NO_NUL!r}", "without NUL characters")
+            return None, f"invalid event: {exc}"
         except msgspec.DecodeError as exc:
             return None, f"not valid JSON: {exc}"
 

@@ -18,14 +18,10 @@ from .statuses import GenrePhase, GenreStatus, JobKind, TriggerSource
 #: The one field of a stream entry that carries the event's JSON.
 EVENT_FIELD = "event"
 
-# Postgres text cannot hold NUL; such an event is rejected here, with a reason,
-# rather than failing later inside a batch.
-NO_NUL = r"^[^\x00]*$"
-
 Seq = Annotated[int, Meta(ge=0, le=2**62)]
 Timestamp = Annotated[datetime, Meta(tz=True)]
-Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)]
-Text = Annotated[str, Meta(max_length=8_192, pattern=NO_NUL)]
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+Text = Annotated[str, Meta(max_length=8_192)]
 Count = Annotated[int, Meta(ge=0, le=2**62)]
 
 
@@ -95,7 +91,7 @@ class GenreStatusChanged(Event, tag="genre.status"):
 
 
 class Article(msgspec.Struct, frozen=True, kw_only=True):
-    article_id: Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_NUL)]
+    article_id: Annotated[str, Meta(min_length=1, max_length=256)]
     feed_id: uuid.UUID | None = None
     original_user_id: uuid.UUID | None = None
 
@@ -129,7 +125,27 @@ _encoder = msgspec.json.Encoder()
 
 def decode_event(data: bytes | str) -> AnyEvent:
     """Decode and validate one event; raises msgspec.ValidationError / DecodeError."""
-    return _decoder.decode(data)
+    event = _decoder.decode(data)
+    raw = data.encode() if isinstance(data, str) else data
+    if b"\\u0000" in raw:  # JSON can only carry NUL escaped; a cheap test before the exact one
+        path = _nul_path(msgspec.to_builtins(event), "$")
+        if path is not None:
+            # Postgres text cannot hold NUL: reject the event here, with a reason,
+            # rather than let it fail a whole batch later.
+            raise msgspec.ValidationError(f"Expected `str` without NUL characters - at `{path}`")
+    return event
+
+
+def _nul_path(value: Any, path: str) -> str | None:
+    """The path of the first string holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _nul_path(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+        if found:
+            return found
+    return None
 
 
 def encode_event(event: Event) -> bytes:

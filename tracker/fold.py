@@ -183,11 +183,13 @@ def _stage_event(state: JobState, event: ev.StageStarted | ev.StageProgress | ev
         row = StageRow(job_id=job.job_id, stage=event.stage, position=_position(job, event.stage), updated_at=event.at)
         state.stages[event.stage] = row
     _touch_stage(state, row, event)
+    status_before = row.status
     if row.status != StageStatus.COMPLETED.value:  # a completed stage stays completed: late events do not reopen it
         _STAGE_TRANSITIONS[type(event)](row, event)
     if job.status not in _TERMINAL:
         _mark_running(job)
-    _derive_stage_pointers(state)
+    if row.status != status_before:
+        _derive_stage_pointers(state)
 
 
 def _stage_started(row: StageRow, event: ev.StageStarted) -> None:
