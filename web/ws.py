@@ -266,6 +266,7 @@ async def _stats(app: web.Application, scope: Scope) -> bytes:
         user_id=scope.user_id if scope.admin else None,
         window=scope.window or DEFAULT_WINDOW,
         kind=scope.kind or "recap",
+        trigger_source=scope.trigger_source,
         stall_after=settings.stall_after,
     )
     async with app[POOL].acquire() as conn:

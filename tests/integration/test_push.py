@@ -200,6 +200,16 @@ async def test_stats_follow_a_job_that_changes_status(push: Push) -> None:
     await client.until(lambda s: s.stats["completed_jobs_24h"] == 1 and s.stats["running_jobs"] == 0)
 
 
+async def test_stats_of_a_source_filtered_subscription_count_only_that_source(push: Push) -> None:
+    client, _ = await push.subscribe(filters={"trigger_source": "user"})
+    system_job, user_job = job_script(), job_script()
+    await push.emit(system_job.emit("job.started"), user_job.emit("job.started", trigger_source="user"))
+    await push.emit(system_job.emit("job.completed"))
+    await push.emit(user_job.emit("job.completed"))
+    await client.until(lambda s: s.stats is not None and s.stats["completed_jobs_24h"] == 1 and s.stats["running_jobs"] == 0)
+    assert client.state.stats["total_jobs_24h"] == 1
+
+
 # --- resume ------------------------------------------------------------------------
 
 
