@@ -212,6 +212,7 @@ class Hub:
         self._stats_dirty = asyncio.Event()
         self._stats_cache: dict[Scope, asyncio.Future[bytes]] = {}
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         self._last_dispatch = 0.0
         #: Resumes are answered from here while it reaches back far enough.
         self.recent = RecentChanges(keep=settings.deltas_maxlen)
@@ -240,14 +241,19 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._stats_loop(), name="pusher-stats"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._stopping = True
+        pending = set(self._tasks)
+        while pending:
+            # Cancelled again until done: a cancellation that lands as redis-py's
+            # read times out is turned into a TimeoutError, and the loop would go on.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks = []
 
     async def run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 if not self.ready:
                     epoch = await self._current_epoch()
