@@ -241,6 +241,7 @@ class Hub:
             self._tasks.append(asyncio.create_task(self._stats_loop(), name="pusher-stats"))
 
     async def stop(self) -> None:
+        """Stop the background tasks and wait until they have."""
         self._stopping = True
         pending = set(self._tasks)
         while pending:
