@@ -20,6 +20,7 @@ from functools import partial
 import msgspec
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
+from prometheus_client import Gauge
 
 from pusher.deltas import MAX_CLIENT_MESSAGE, Change, CloseCode, Subscribe, decode_client_message, encode
 from pusher.hub import Frame, Hub, HubOptions, Scope, Subscriber
@@ -30,7 +31,7 @@ from tracker.settings import Settings
 from . import api
 from .auth import Principal, authenticate
 from .errors import ApiError
-from .keys import POOL, SETTINGS
+from .keys import METRICS, POOL, SETTINGS
 from .params import DEFAULT_LIMIT, DEFAULT_WINDOW, ProgressParams, StatsParams
 
 log = logging.getLogger("web")
@@ -53,7 +54,10 @@ PUSH = web.AppKey("push", PushState)
 def setup(app: web.Application, options: HubOptions | None = None) -> None:
     """Add the WebSocket route, the hub (one delta-stream reader per process) and
     closing every socket with GOING_AWAY on shutdown."""
-    app[PUSH] = PushState(options=options or HubOptions())
+    state = app[PUSH] = PushState(options=options or HubOptions())
+    Gauge(
+        "recap_push_subscribers", "WebSocket clients subscribed to this process's hub", registry=app[METRICS].registry
+    ).set_function(lambda: state.hub.subscriber_count if state.hub else 0)
     app.router.add_get(PATH, handle, name="dashboard_ws")
     app.cleanup_ctx.append(_hub_context)
     app.on_shutdown.append(_close_sockets)

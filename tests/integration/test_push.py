@@ -563,3 +563,22 @@ async def test_a_web_process_started_later_resumes_clients_from_the_streams_hist
             [change] = resumed["changes"]
             assert [s["stage"] for s in change["stages"]] == ["fetch"]
             assert resumed["cursor"] == {**snapshot["cursor"], "offset": snapshot["cursor"]["offset"] + 1}
+
+
+async def test_metrics_count_the_subscribed_clients(push: Push) -> None:
+    async def subscribers() -> float:
+        async with push.session.get(push.server.make_url("/metrics"), headers={"Authorization": "Bearer adm"}) as r:
+            assert r.status == 200
+            line = next(x for x in (await r.text()).splitlines() if x.startswith("recap_push_subscribers "))
+            return float(line.split()[1])
+
+    assert await subscribers() == 0
+    first, _ = await push.subscribe()
+    second, _ = await push.subscribe()
+    assert await subscribers() == 2
+    await first.ws.close()
+    for _ in range(50):
+        if await subscribers() == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await subscribers() == 1
