@@ -35,7 +35,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -50,6 +49,7 @@ import aiohttp  # noqa: E402
 import msgspec  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
+from servers import bench_servers  # noqa: E402
 from tracker import events as ev  # noqa: E402
 
 TOKEN = "bench-push-admin"
@@ -521,22 +521,8 @@ async def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the server and the load generators
 
-    from tracker.embedded import start_postgres, start_redis
-
-    tmp = Path(tempfile.mkdtemp(prefix="recap-bench-push-", dir="/tmp"))
-    stops = []
-    admin, redis_url = os.environ.get("BENCH_DATABASE_URL"), os.environ.get("BENCH_REDIS_URL")
-    if not admin:
-        admin, stop = start_postgres(tmp)
-        stops.append(stop)
-    if not redis_url:
-        redis_url, stop = start_redis(tmp)
-        stops.append(stop)
-    try:
+    with bench_servers("recap-bench-push-") as (admin, redis_url, tmp):
         await run(args, admin, redis_url, tmp)
-    finally:
-        for stop in stops:
-            stop()
 
 
 if __name__ == "__main__":
