@@ -75,8 +75,9 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _tracker(args: argparse.Namespace, settings: Settings) -> int:
-    from .runner import run_tracker
+    from .runner import run_tracker, tune_gc_for_throughput
 
+    tune_gc_for_throughput()  # this process does nothing but project
     await run_tracker(settings)
     return 0
 
