@@ -34,14 +34,16 @@ LOCK_SHARED = f"SELECT pg_advisory_xact_lock_shared({PROJECTION_LOCK})"
 LOCK_EXCLUSIVE = f"SELECT pg_advisory_xact_lock({PROJECTION_LOCK})"
 LOCK_JOBS = f"SELECT count(pg_advisory_xact_lock({JOB_LOCK_NAMESPACE}, k)) FROM unnest($1::int[]) AS k"
 
-INSERT_EVENTS = """
+# The events of a batch, each logged once; RETURNING names the ones that were new.
+_LOG_EVENTS = """
 INSERT INTO recap_events (event_id, job_id, seq, type, at, payload)
 SELECT e, j, s, t, a, p::json
 FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::timestamptz[], $6::text[])
     AS u(e, j, s, t, a, p)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
 """
+INSERT_EVENTS = _LOG_EVENTS + "ON CONFLICT (event_id) DO NOTHING\nRETURNING event_id\n"
+# The common case, cheaper: no event of the batch is logged yet (else a unique violation).
+INSERT_NEW_EVENTS = _LOG_EVENTS
 
 LOAD_JOBS = _select("recap_jobs", JOB_COLUMNS, "job_id = ANY($1::uuid[])")
 LOAD_STAGES = _select("recap_job_stages", STAGE_COLUMNS, "job_id = ANY($1::uuid[])")
@@ -61,22 +63,34 @@ UPSERT_STAGE = _upsert("recap_job_stages", STAGE_COLUMNS, ["job_id", "stage"])
 UPSERT_GENRE = _upsert("recap_job_genres", GENRE_COLUMNS, ["job_id", "genre"])
 
 
+_ARTICLE_COLUMNS = "job_id, article_id, feed_id, original_user_id, seq, event_id"
+
+
+def _article_rows_from_log(where: str) -> str:
+    """The articles listed by logged `articles.added` events, one row per mention
+    (`n`: its place in its event), in the order of _ARTICLE_COLUMNS."""
+    return f"""
+SELECT e.job_id, x.v->>'article_id' AS article_id, (x.v->>'feed_id')::uuid AS feed_id,
+       (x.v->>'original_user_id')::uuid AS original_user_id, e.seq, e.event_id, x.n
+FROM recap_events e, jsonb_array_elements(e.payload::jsonb->'articles') WITH ORDINALITY AS x(v, n)
+WHERE e.type = 'articles.added' AND {where}
+"""
+
+
 def _articles_from_log(where: str) -> str:
     """Upsert the articles listed by logged `articles.added` events.
 
     The same article reported twice: the report with the higher (seq, event_id)
-    wins, the order the fold uses, and within one event the last mention. Returns the number of new articles per job (`xmax = 0`
-    marks a row inserted rather than updated).
+    wins, the order the fold uses, and within one event the last mention. Returns
+    the number of new articles per job (`xmax = 0` marks a row inserted rather
+    than updated).
     """
     return f"""
 WITH upserted AS (
-    INSERT INTO recap_job_articles AS a (job_id, article_id, feed_id, original_user_id, seq, event_id)
-    SELECT DISTINCT ON (e.job_id, x.v->>'article_id')
-           e.job_id, x.v->>'article_id', (x.v->>'feed_id')::uuid, (x.v->>'original_user_id')::uuid,
-           e.seq, e.event_id
-    FROM recap_events e, jsonb_array_elements(e.payload::jsonb->'articles') WITH ORDINALITY AS x(v, n)
-    WHERE e.type = 'articles.added' AND {where}
-    ORDER BY e.job_id, x.v->>'article_id', e.seq DESC, e.event_id DESC, x.n DESC
+    INSERT INTO recap_job_articles AS a ({_ARTICLE_COLUMNS})
+    SELECT DISTINCT ON (job_id, article_id) {_ARTICLE_COLUMNS}
+    FROM ({_article_rows_from_log(where)}) AS m
+    ORDER BY job_id, article_id, seq DESC, event_id DESC, n DESC
     ON CONFLICT (job_id, article_id) DO UPDATE
         SET feed_id = EXCLUDED.feed_id, original_user_id = EXCLUDED.original_user_id,
             seq = EXCLUDED.seq, event_id = EXCLUDED.event_id
@@ -87,7 +101,14 @@ SELECT job_id, count(*) FILTER (WHERE inserted)::int AS added FROM upserted GROU
 """
 
 
-UPSERT_ARTICLES_OF_EVENTS = _articles_from_log("e.event_id = ANY($1::uuid[])")
+_OF_EVENTS = "e.event_id = ANY($1::uuid[])"
+UPSERT_ARTICLES_OF_EVENTS = _articles_from_log(_OF_EVENTS)
+# The common case, cheaper: articles none of which is stored or mentioned twice.
+# Fails with a unique violation otherwise (then UPSERT_ARTICLES_OF_EVENTS merges).
+INSERT_NEW_ARTICLES_OF_EVENTS = f"""
+INSERT INTO recap_job_articles ({_ARTICLE_COLUMNS})
+SELECT {_ARTICLE_COLUMNS} FROM ({_article_rows_from_log(_OF_EVENTS)}) AS m
+"""
 
 INSERT_HISTORY = """
 INSERT INTO recap_job_status_history (job_id, event_id, seq, status, stage, transitioned_at, reason)

@@ -74,3 +74,22 @@ async def test_late_progress_does_not_reopen_a_completed_stage(pg_pool: asyncpg.
         history = await conn.fetch("SELECT seq FROM recap_job_status_history ORDER BY seq")
     assert dict(row) == {"status": "completed", "done": 10, "total": 10}
     assert [r["seq"] for r in history] == [0, 1]
+
+
+async def test_an_article_reported_again_in_a_later_batch_is_merged(pg_pool: asyncpg.Pool) -> None:
+    """The plain insert of new articles meets a stored one: the batch falls back to
+    the merging upsert, the later report wins, and the article counts once."""
+    from tests.factories import FEEDS, JobScript
+
+    job = JobScript()
+    job.emit("job.started")
+    job.emit("articles.added", articles=[{"article_id": "a1", "feed_id": str(FEEDS[0])}])
+    job.emit("articles.added", articles=[{"article_id": "a1", "feed_id": str(FEEDS[1])},
+                                         {"article_id": "a2", "feed_id": str(FEEDS[1])}])
+    async with pg_pool.acquire() as conn:
+        await project_batch(conn, job.events[:2])
+        await project_batch(conn, job.events[2:])
+        rows = await conn.fetch("SELECT article_id, feed_id FROM recap_job_articles ORDER BY article_id")
+        count = await conn.fetchval("SELECT article_count FROM recap_jobs")
+    assert [(r["article_id"], r["feed_id"]) for r in rows] == [("a1", FEEDS[1]), ("a2", FEEDS[1])]
+    assert count == 2
